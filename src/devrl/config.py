@@ -1,0 +1,195 @@
+"""Run configuration: one frozen dataclass, three scale profiles, validation, a stable hash."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_NAMES = ("Craftax-Classic-Symbolic-v1",)
+ACTIVATIONS = ("tanh", "relu")
+SCALES = ("smoke", "cpu", "paper")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the parameter and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of one PPO run (one seed). Defaults are the cpu scale."""
+
+    env_name: str = "Craftax-Classic-Symbolic-v1"
+    seed: int = 0
+    # Environment batch and resets.
+    num_envs: int = 256  # parallel environments
+    reset_ratio: int = 4  # fresh-world pool holds num_envs // reset_ratio worlds
+    total_env_steps: int = 8_000_000
+    # Network (separate actor and critic MLPs; optional GRU memory core).
+    width: int = 512
+    depth: int = 3
+    activation: str = "tanh"
+    memory: int = 0  # GRU width; 0 = feedforward
+    # PPO (Craftax baseline defaults).
+    num_steps: int = 64  # rollout length per update
+    update_epochs: int = 4
+    num_minibatches: int = 8
+    lr: float = 2e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.8
+    clip_eps: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 1.0
+    # Checkpoints: log-spaced from the first update, plus one every `checkpoint_every_updates`.
+    log_checkpoints: int = 24
+    checkpoint_every_updates: int = 16
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_env_steps // self.steps_per_update
+
+    @property
+    def reset_pool_size(self) -> int:
+        return self.num_envs // self.reset_ratio
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def config_hash(self) -> str:
+        """Stable short hash of every field (key order independent)."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def validate(self) -> TrainConfig:
+        def bad(name: str, allowed: str) -> None:
+            raise ConfigError(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
+
+        if self.env_name not in ENV_NAMES:
+            bad("env_name", f"must be one of {', '.join(ENV_NAMES)}")
+        if self.activation not in ACTIVATIONS:
+            bad("activation", f"must be one of {', '.join(ACTIVATIONS)}")
+        for name in ("num_envs", "reset_ratio", "width", "depth", "num_steps", "update_epochs",
+                     "num_minibatches", "total_env_steps", "checkpoint_every_updates"):
+            if getattr(self, name) < 1:
+                bad(name, "must be a positive integer (>= 1)")
+        if self.memory < 0:
+            bad("memory", "must be >= 0 (0 = feedforward, otherwise the GRU width)")
+        if self.log_checkpoints < 0:
+            bad("log_checkpoints", "must be >= 0")
+        if self.seed < 0:
+            bad("seed", "must be >= 0")
+        if self.num_envs % self.reset_ratio:
+            bad("reset_ratio", f"must divide num_envs={self.num_envs} "
+                f"(divisors: {', '.join(str(d) for d in _divisors(self.num_envs))})")
+        if self.total_env_steps < self.steps_per_update:
+            bad("total_env_steps", f"must be at least one update: num_envs * num_steps = "
+                f"{self.steps_per_update}")
+        batch = self.num_envs if self.memory else self.steps_per_update
+        unit = "num_envs (recurrent minibatches split environments)" if self.memory else \
+            "num_envs * num_steps"
+        if batch % self.num_minibatches:
+            bad("num_minibatches", f"must divide {unit} = {batch}")
+        for name in ("lr", "gamma", "gae_lambda", "clip_eps", "max_grad_norm"):
+            if not getattr(self, name) > 0:
+                bad(name, "must be > 0")
+        for name in ("gamma", "gae_lambda"):
+            if getattr(self, name) > 1:
+                bad(name, "must be in (0, 1]")
+        for name in ("ent_coef", "vf_coef"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        return self
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# Scale profiles: overrides of the defaults. cpu = the defaults (the committed data).
+SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
+    "smoke": dict(num_envs=8, width=32, depth=2, num_steps=16, num_minibatches=4,
+                  total_env_steps=8 * 16 * 6, log_checkpoints=3, checkpoint_every_updates=3),
+    "cpu": {},
+    "paper": dict(num_envs=1024, total_env_steps=1_000_000_000, log_checkpoints=40,
+                  checkpoint_every_updates=256),
+}
+# Seeds run at each scale (the cpu data in data/ holds these).
+SCALE_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2), "paper": (0, 1, 2, 3, 4)}
+
+
+FIELD_HELP = {
+    "env_name": "environment id",
+    "seed": "PRNG seed of the run (network init, worlds, actions)",
+    "num_envs": "parallel environments",
+    "reset_ratio": "fresh-world pool size is num_envs // reset_ratio (must divide num_envs)",
+    "total_env_steps": "environment steps to train for (rounded down to whole updates)",
+    "width": "hidden units per MLP layer",
+    "depth": "hidden layers of the actor and of the critic MLP",
+    "activation": "hidden activation: " + " | ".join(ACTIVATIONS),
+    "memory": "GRU memory width; 0 = feedforward",
+    "num_steps": "rollout length per PPO update",
+    "update_epochs": "PPO epochs per update",
+    "num_minibatches": "minibatches per epoch",
+    "lr": "Adam learning rate",
+    "anneal_lr": "anneal the learning rate linearly to 0",
+    "gamma": "discount factor",
+    "gae_lambda": "GAE lambda",
+    "clip_eps": "PPO clip range (policy and value)",
+    "ent_coef": "entropy bonus coefficient",
+    "vf_coef": "value loss coefficient",
+    "max_grad_norm": "global gradient-norm clip",
+    "log_checkpoints": "number of log-spaced checkpoints from the first update",
+    "checkpoint_every_updates": "also checkpoint every this many updates",
+}
+
+
+def field_types() -> dict[str, type]:
+    return {f.name: type(f.default) for f in fields(TrainConfig)}
+
+
+def make_config(scale: str = "cpu", **overrides: Any) -> TrainConfig:
+    """The config of `scale`, with `overrides` applied, validated."""
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    known = field_types()
+    for name in overrides:
+        if name not in known:
+            raise ConfigError(f"unknown parameter {name!r}: allowed are {', '.join(known)}")
+    values = {**SCALE_OVERRIDES[scale], **overrides}
+    return TrainConfig(**values).validate()
+
+
+def coerce(name: str, text: str) -> Any:
+    """Parse a command-line value for field `name` into the field's type, with a clear error."""
+    types = field_types()
+    if name not in types:
+        raise ConfigError(f"unknown parameter {name!r}: allowed are {', '.join(types)}")
+    kind = types[name]
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind is int:
+            return int(float(text)) if "e" in text.lower() else int(text)
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not allowed: must be of type {kind.__name__}") \
+            from None
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    known = field_types()
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}: allowed are "
+                          f"{', '.join(known)}")
+    return TrainConfig(**data).validate()

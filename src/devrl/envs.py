@@ -1,0 +1,192 @@
+"""Craftax-Classic with behaviour recording and pooled optimistic resets (gymnax-style interface).
+
+Two wrappers, one concern each:
+
+* `BehaviourWrapper` (one environment, no auto-reset) counts what the agent did in the current
+  episode: return, length, plants placed, place-plant attempts, saplings collected, plants eaten
+  and how often each action was chosen. The counts of a finished episode are in `info` on the step
+  whose `done` is true.
+* `PoolResetVecEnv` (a batch of environments) replaces finished episodes with fresh worlds drawn
+  from a pool. The pool is generated only when it runs out, so world generation (about 1 ms a
+  world on a CPU) costs about one world per finished episode instead of one per env per step. A
+  pool of at least `num_envs` worlds never hands the same world to two episodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from craftax.craftax_classic.constants import DIRECTIONS, Achievement, Action, BlockType
+from craftax.craftax_classic.envs.craftax_symbolic_env import (
+    CraftaxClassicSymbolicEnvNoAutoReset,
+)
+from flax import struct
+
+from devrl.config import ENV_NAMES, ConfigError
+
+NUM_ACTIONS = len(Action)
+ACTION_NAMES = tuple(a.name.lower() for a in Action)
+ACHIEVEMENT_NAMES = tuple(a.name.lower() for a in Achievement)
+PLACE_PLANT = Action.PLACE_PLANT.value
+DO = Action.DO.value
+CONTEXTS = ("sapling_facing_grass", "sapling_elsewhere", "no_sapling")
+
+
+def make_env(env_name: str) -> CraftaxClassicSymbolicEnvNoAutoReset:
+    if env_name not in ENV_NAMES:
+        raise ConfigError(f"env_name={env_name!r} is not allowed: must be one of "
+                          f"{', '.join(ENV_NAMES)}")
+    return CraftaxClassicSymbolicEnvNoAutoReset()
+
+
+@struct.dataclass
+class EpisodeStats:
+    """Running counts of the current episode (explicit dtypes: no Python scalars in state)."""
+
+    episode_return: jax.Array  # float32
+    length: jax.Array  # int32
+    plants_placed: jax.Array  # int32: successful PLACE_PLANT (a sapling became a plant)
+    place_attempts: jax.Array  # int32: PLACE_PLANT chosen, successful or not
+    saplings_collected: jax.Array  # int32
+    plants_eaten: jax.Array  # int32: ripe plants eaten
+    action_counts: jax.Array  # int32[NUM_ACTIONS]
+
+    @classmethod
+    def zeros(cls) -> EpisodeStats:
+        i = jnp.zeros((), jnp.int32)
+        return cls(jnp.zeros((), jnp.float32), i, i, i, i, i,
+                   jnp.zeros((NUM_ACTIONS,), jnp.int32))
+
+
+@struct.dataclass
+class BehaviourState:
+    env_state: Any
+    stats: EpisodeStats
+
+
+def facing_block(env_state: Any) -> jax.Array:
+    """Block type the player faces (OUT_OF_BOUNDS when the facing cell is off the map)."""
+    pos = env_state.player_position + DIRECTIONS[env_state.player_direction]
+    size = jnp.array(env_state.map.shape)
+    inside = jnp.all((pos >= 0) & (pos < size))
+    block = env_state.map[jnp.clip(pos[0], 0, size[0] - 1), jnp.clip(pos[1], 0, size[1] - 1)]
+    return jnp.where(inside, block, BlockType.OUT_OF_BOUNDS.value)
+
+
+def plant_context(env_state: Any) -> jax.Array:
+    """0: sapling in inventory and facing grass; 1: sapling, not facing grass; 2: no sapling."""
+    has_sapling = env_state.inventory.sapling > 0
+    facing_grass = facing_block(env_state) == BlockType.GRASS.value
+    return jnp.where(has_sapling, jnp.where(facing_grass, 0, 1), 2).astype(jnp.int32)
+
+
+class BehaviourWrapper:
+    """One Craftax-Classic environment (no auto-reset) that counts plant-related behaviour."""
+
+    def __init__(self, env_name: str = ENV_NAMES[0]):
+        self.env = make_env(env_name)
+        self.default_params = self.env.default_params
+        self.num_actions = self.env.num_actions
+
+    def observation_size(self) -> int:
+        return int(self.env.observation_space(self.default_params).shape[0])
+
+    def reset(self, key: jax.Array, params: Any) -> tuple[jax.Array, BehaviourState]:
+        obs, env_state = self.env.reset_env(key, params)
+        return obs, BehaviourState(env_state, EpisodeStats.zeros())
+
+    def step(self, key: jax.Array, state: BehaviourState, action: jax.Array, params: Any):
+        before = state.env_state
+        obs, after, reward, done, _ = self.env.step_env(key, before, action, params)
+        awake = jnp.logical_not(before.is_sleeping)
+        saplings_before = before.inventory.sapling
+        saplings_after = after.inventory.sapling
+        ate = (awake & (action == DO)
+               & (facing_block(before) == BlockType.RIPE_PLANT.value))
+        old = state.stats
+        stats = EpisodeStats(
+            episode_return=old.episode_return + reward.astype(jnp.float32),
+            length=old.length + 1,
+            plants_placed=old.plants_placed
+            + (saplings_after < saplings_before).astype(jnp.int32),
+            place_attempts=old.place_attempts + (action == PLACE_PLANT).astype(jnp.int32),
+            saplings_collected=old.saplings_collected
+            + (saplings_after > saplings_before).astype(jnp.int32),
+            plants_eaten=old.plants_eaten + ate.astype(jnp.int32),
+            action_counts=old.action_counts.at[action].add(1),
+        )
+        info = {"stats": stats, "achievements": after.achievements.astype(jnp.int32),
+                "context": plant_context(before)}
+        return obs, BehaviourState(after, stats), reward.astype(jnp.float32), done, info
+
+
+@struct.dataclass
+class PoolState:
+    env_states: Any  # batched BehaviourState, leading axis num_envs
+    pool_obs: jax.Array  # [pool_size, obs]
+    pool_states: Any  # batched fresh BehaviourState, leading axis pool_size
+    pool_next: jax.Array  # int32: index of the next unused fresh world
+    worlds_generated: jax.Array  # int32: fresh worlds generated so far (excluding the first batch)
+    worlds_reused: jax.Array  # int32: episodes that got an already used world (pool too small)
+
+
+class PoolResetVecEnv:
+    """A batch of `num_envs` environments with optimistic resets from a pool of fresh worlds."""
+
+    def __init__(self, env: BehaviourWrapper, num_envs: int, pool_size: int):
+        if not 1 <= pool_size:
+            raise ConfigError(f"pool_size={pool_size} is not allowed: must be >= 1")
+        self.env = env
+        self.num_envs = num_envs
+        self.pool_size = pool_size
+        self.default_params = env.default_params
+        self.num_actions = env.num_actions
+
+    def _fresh(self, key: jax.Array, n: int, params: Any):
+        return jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(key, n), params)
+
+    def reset(self, key: jax.Array, params: Any) -> tuple[jax.Array, PoolState]:
+        k_envs, k_pool = jax.random.split(key)
+        obs, states = self._fresh(k_envs, self.num_envs, params)
+        pool_obs, pool_states = self._fresh(k_pool, self.pool_size, params)
+        zero = jnp.zeros((), jnp.int32)
+        return obs, PoolState(states, pool_obs, pool_states, zero, zero, zero)
+
+    def step(self, key: jax.Array, state: PoolState, action: jax.Array, params: Any):
+        k_step, k_pool = jax.random.split(key)
+        keys = jax.random.split(k_step, self.num_envs)
+        obs, env_states, reward, done, info = jax.vmap(
+            self.env.step, in_axes=(0, 0, 0, None))(keys, state.env_states, action, params)
+
+        num_done = done.sum(dtype=jnp.int32)
+        refill = state.pool_next + num_done > self.pool_size
+
+        def regenerate(_):
+            return self._fresh(k_pool, self.pool_size, params)
+
+        pool_obs, pool_states = jax.lax.cond(
+            refill, regenerate, lambda _: (state.pool_obs, state.pool_states), None)
+        start = jnp.where(refill, 0, state.pool_next)
+        rank = jnp.cumsum(done.astype(jnp.int32)) - 1  # k-th finished env takes world start + k
+        index = (start + rank) % self.pool_size
+
+        def take(fresh, current):
+            picked = fresh[index]
+            mask = done.reshape(done.shape + (1,) * (current.ndim - 1))
+            return jnp.where(mask, picked, current)
+
+        obs = take(pool_obs, obs)
+        env_states = jax.tree.map(take, pool_states, env_states)
+        new_state = PoolState(
+            env_states=env_states,
+            pool_obs=pool_obs,
+            pool_states=pool_states,
+            pool_next=(start + num_done).astype(jnp.int32),
+            worlds_generated=state.worlds_generated
+            + jnp.where(refill, self.pool_size, 0).astype(jnp.int32),
+            worlds_reused=state.worlds_reused
+            + jnp.maximum(num_done - self.pool_size, 0).astype(jnp.int32),
+        )
+        return obs, new_state, reward, done, info
