@@ -1,4 +1,4 @@
-"""Command line: `devrl train | eval | verify`. Every bad value exits with status 2 and a message
+"""Command line: `devrl train | eval | export | verify`. Every bad value exits with status 2 and a message
 naming the parameter and the allowed values, before anything is written."""
 
 from __future__ import annotations
@@ -79,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probe states per plant context (default: 512)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    export = sub.add_parser(
+        "export", help="copy evaluated runs into a compact data/ folder with a manifest",
+        description="Write metrics, behaviour tables, probe sets and a few float16 actor "
+                    "checkpoints of every seed under RUN into OUT (replaced atomically).")
+    export.add_argument("run", help="run directory or folder of seed_N run directories")
+    export.add_argument("--out", required=True, help="data folder to write, e.g. data/craftax-cpu")
+    export.add_argument("--checkpoints", type=int, default=8,
+                        help="actor checkpoints kept per seed, log-spaced (default: 8)")
+
     verify = sub.add_parser("verify", help="recompute the checksums of manifests")
     verify.add_argument("paths", nargs="+", help="directories holding a manifest.json (searched "
                                                  "recursively)")
@@ -154,6 +163,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from devrl.export import export_runs
+
+    _positive("checkpoints", args.checkpoints)
+    print(export_runs(Path(args.run), Path(args.out), checkpoints=args.checkpoints))
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from devrl.runs import verify_manifest
 
@@ -176,7 +193,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "train-one": cmd_train_one, "eval": cmd_eval,
-            "verify": cmd_verify}
+            "export": cmd_export, "verify": cmd_verify}
 
 
 def main(argv: list[str] | None = None) -> int:

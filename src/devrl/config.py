@@ -115,11 +115,12 @@ def _divisors(n: int) -> list[int]:
 
 # Scale profiles: overrides of the defaults. cpu = the defaults (the committed data).
 SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
-    "smoke": dict(num_envs=8, width=32, depth=2, num_steps=16, num_minibatches=4,
-                  total_env_steps=8 * 16 * 6, log_checkpoints=3, checkpoint_every_updates=3),
+    "smoke": {"num_envs": 8, "width": 32, "depth": 2, "num_steps": 16, "num_minibatches": 4,
+              "total_env_steps": 8 * 16 * 6, "log_checkpoints": 3,
+              "checkpoint_every_updates": 3},
     "cpu": {},
-    "paper": dict(num_envs=1024, total_env_steps=1_000_000_000, log_checkpoints=40,
-                  checkpoint_every_updates=256),
+    "paper": {"num_envs": 1024, "total_env_steps": 1_000_000_000, "log_checkpoints": 40,
+              "checkpoint_every_updates": 256},
 }
 # Seeds run at each scale (the cpu data in data/ holds these).
 SCALE_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2), "paper": (0, 1, 2, 3, 4)}

@@ -82,6 +82,18 @@ def plant_context(env_state: Any) -> jax.Array:
     return jnp.where(has_sapling, jnp.where(facing_grass, 0, 1), 2).astype(jnp.int32)
 
 
+def _explicit(leaf: Any) -> jax.Array:
+    """Python scalars in the world state (e.g. the initial direction) as typed arrays: a Python
+    scalar in a jit argument makes every call retrace."""
+    if isinstance(leaf, bool):
+        return jnp.asarray(leaf, jnp.bool_)
+    if isinstance(leaf, int):
+        return jnp.asarray(leaf, jnp.int32)
+    if isinstance(leaf, float):
+        return jnp.asarray(leaf, jnp.float32)
+    return leaf
+
+
 class BehaviourWrapper:
     """One Craftax-Classic environment (no auto-reset) that counts plant-related behaviour."""
 
@@ -95,7 +107,7 @@ class BehaviourWrapper:
 
     def reset(self, key: jax.Array, params: Any) -> tuple[jax.Array, BehaviourState]:
         obs, env_state = self.env.reset_env(key, params)
-        return obs, BehaviourState(env_state, EpisodeStats.zeros())
+        return obs, BehaviourState(jax.tree.map(_explicit, env_state), EpisodeStats.zeros())
 
     def step(self, key: jax.Array, state: BehaviourState, action: jax.Array, params: Any):
         before = state.env_state

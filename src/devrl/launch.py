@@ -51,10 +51,9 @@ def _child_env(threads: int | None) -> dict[str, str]:
 def _start(job: Job, threads: int | None) -> None:
     command = [sys.executable, "-m", "devrl.cli", "train-one", "--out", str(job.run_dir),
                "--config-json", json.dumps(job.config.to_dict())]
-    log = open(job.run_dir / "train.log", "ab")
-    job.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env=_child_env(threads), start_new_session=True)
-    log.close()
+    with open(job.run_dir / "train.log", "ab") as log:
+        job.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env=_child_env(threads), start_new_session=True)
     job.started = time.time()
 
 
@@ -97,6 +96,10 @@ def train_seeds(configs: list[TrainConfig], out: Path, jobs: int = 1,
         else:
             print(message, file=sys.stderr)
 
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)  # run the cleanup below: no orphaned trainers
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -139,6 +142,7 @@ def train_seeds(configs: list[TrainConfig], out: Path, jobs: int = 1,
                     f"(restart {job.restarts} of {max_restarts})")
                 pending.insert(0, job)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for job in running:
             _kill(job)
         for bar in bars.values():

@@ -91,9 +91,10 @@ class Trainer(NamedTuple):
     metric_names: tuple[str, ...]
 
 
-def make_train(config: TrainConfig, max_chunk: int) -> Trainer:
-    """Pure, jitted PPO functions for `config`; `run_updates` runs up to `max_chunk` updates."""
-    env = make_env(config)
+def make_train(config: TrainConfig, max_chunk: int, env: PoolResetVecEnv | None = None) -> Trainer:
+    """Pure, jitted PPO functions for `config`; `run_updates` runs up to `max_chunk` updates.
+    `env` replaces the configured environment (benchmarks use it to time the wrappers)."""
+    env = make_env(config) if env is None else env
     env_params = env.default_params
     network = make_network(config, env.num_actions)
     obs_size = env.env.observation_size()

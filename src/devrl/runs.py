@@ -12,9 +12,12 @@ A run directory (one seed) holds::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import io
+import itertools
 import json
 import os
 import platform
@@ -31,6 +34,8 @@ import pandas as pd
 
 from devrl.config import ConfigError, TrainConfig, config_from_dict
 
+# Files of a run directory that change after training or only serve resume: not checksummed.
+RUN_SCRATCH = ("state/", "progress.json", "train.log", "behaviour/")
 PACKAGES = ("devrl", "jax", "jaxlib", "flax", "optax", "craftax", "numpy", "pandas")
 
 
@@ -93,7 +98,7 @@ def git_commit() -> str:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
@@ -141,7 +146,7 @@ def checkpoint_schedule(config: TrainConfig) -> list[int]:
     last = config.num_updates
     marks = {0, last}
     if config.log_checkpoints:
-        marks.update(int(round(u)) for u in np.geomspace(1, last, config.log_checkpoints))
+        marks.update(round(u) for u in np.geomspace(1, last, config.log_checkpoints))
     marks.update(range(config.checkpoint_every_updates, last + 1,
                        config.checkpoint_every_updates))
     return sorted(m for m in marks if 0 <= m <= last)
@@ -228,15 +233,36 @@ ProgressFn = Callable[[dict[str, Any]], None]
 def train(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
           stop_after_updates: int | None = None) -> Path:
     """Train (or resume) one seed in `run_dir`. `stop_after_updates` ends early (for tests)."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(config, run_dir)
+    with exclusive_lock(run_dir):
+        return _train_locked(config, run_dir, progress, stop_after_updates)
+
+
+@contextlib.contextmanager
+def exclusive_lock(run_dir: Path):
+    """Hold an exclusive lock on `run_dir` so two processes never train into it at once."""
+    with open(Path(run_dir) / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"out={str(run_dir)!r} is not allowed: another process is "
+                              "training into it (wait for it, or stop it first)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | None,
+                  stop_after_updates: int | None) -> Path:
     import jax
     import jax.numpy as jnp
 
     from devrl.ppo import make_train
 
-    run_dir = Path(run_dir)
-    prepare_run_dir(config, run_dir)
     schedule = checkpoint_schedule(config)
-    max_chunk = max(b - a for a, b in zip(schedule, schedule[1:]))
+    max_chunk = max(b - a for a, b in itertools.pairwise(schedule))
     heartbeat(run_dir, status="compiling", update=None, config=config)
 
     trainer = make_train(config, max_chunk)
@@ -255,7 +281,9 @@ def train(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None
         atomic_write_npz(run_dir / "checkpoints" / "params_000000.npz",
                          params_to_flat(runner.train_state.params))
     extra = {"config": config.to_dict(), "config_hash": config.config_hash(),
-             "seed": config.seed, "schedule": schedule, "compile_seconds": compile_seconds}
+             "seed": config.seed, "schedule": schedule, "compile_seconds": compile_seconds,
+             # Results are bitwise reproducible for equal code, config and XLA thread settings.
+             "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_count": os.cpu_count()}
 
     for target in schedule:
         if target <= done:
@@ -286,7 +314,7 @@ def train(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None
                 "place_plant_success": float(last["achievement_place_plant"])}
         heartbeat(run_dir, status="training", config=config, **info)
         write_manifest(run_dir, {**extra, "complete": done == config.num_updates,
-                                 "updates_done": done}, exclude=("state/", "progress.json"))
+                                 "updates_done": done}, exclude=RUN_SCRATCH)
         if progress:
             progress(info)
     if done == config.num_updates:

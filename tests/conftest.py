@@ -1,0 +1,24 @@
+"""Shared fixtures: one tiny two-seed training run made through the real CLI launcher."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "devrl.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory) -> Path:
+    """`devrl train --scale smoke --seeds 0 1 --jobs 2`: two seeds in two processes."""
+    out = tmp_path_factory.mktemp("smoke") / "runs"
+    result = run_cli("train", "--scale", "smoke", "--seeds", "0", "1", "--jobs", "2",
+                     "--threads-per-run", "1", "--quiet", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
