@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="copy evaluated runs into a compact data/ folder with a manifest",
         description="Write metrics, behaviour tables, probe sets and a few float16 actor "
                     "checkpoints of every seed under RUN into OUT (replaced atomically).")
-    export.add_argument("run", help="run directory or folder of seed_N run directories")
+    export.add_argument("run", nargs="+",
+                        help="run directories or folders of seed_N run directories")
     export.add_argument("--out", required=True, help="data folder to write, e.g. data/craftax-cpu")
     export.add_argument("--checkpoints", type=int, default=8,
                         help="actor checkpoints kept per seed, log-spaced (default: 8)")
@@ -167,7 +168,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from devrl.export import export_runs
 
     _positive("checkpoints", args.checkpoints)
-    print(export_runs(Path(args.run), Path(args.out), checkpoints=args.checkpoints))
+    print(export_runs([Path(p) for p in args.run], Path(args.out),
+                      checkpoints=args.checkpoints))
     return 0
 
 

@@ -44,9 +44,13 @@ def _float32(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: "float32" for c in frame.columns if frame[c].dtype == "float64"})
 
 
-def export_runs(source: Path, out: Path, checkpoints: int = 8) -> Path:
-    """Write the compact export of every seed under `source` into `out` (replaced atomically)."""
-    run_dirs = run_dirs_under(source)
+def export_runs(sources: list[Path], out: Path, checkpoints: int = 8) -> Path:
+    """Write the compact export of every seed under `sources` into `out` (replaced atomically)."""
+    run_dirs = [run_dir for source in sources for run_dir in run_dirs_under(source)]
+    seeds = [load_config(run_dir).seed for run_dir in run_dirs]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"run={[str(r) for r in run_dirs]} is not allowed: each seed may "
+                          f"appear once (seeds {seeds})")
     out = Path(out)
     staging = out.with_name(f".{out.name}.staging")
     if staging.exists():
@@ -90,7 +94,7 @@ def export_runs(source: Path, out: Path, checkpoints: int = 8) -> Path:
     write_manifest(staging, {
         "what": "cpu-scale PPO runs on Craftax-Classic: per-update metrics, per-checkpoint "
                 "behaviour (episodes, probe-set policy), probe sets, actor checkpoints (float16)",
-        "made_by": f"devrl export {source.name} --checkpoints {checkpoints}",
+        "made_by": f"devrl export --checkpoints {checkpoints}",
         "runs": runs, "rows": {name: len(table) for name, table in tables.items()}})
     if out.exists():
         old = out.with_name(f".{out.name}.old")
