@@ -33,10 +33,9 @@ from devrl import known
 from devrl.config import ConfigError
 from devrl.llc import LLCDivergenceError, estimate_llc, full_loss, restrict_data, sample_mask
 
-NUM_DATA = 3000
-TOLERANCE = 0.15
-SETTINGS = {"step_size": 6e-5, "localization": 1.0, "num_steps": 8000, "num_burnin": 1000,
-            "num_chains": 4, "batch_size": 500, "draw_loss": "paired"}
+SETTINGS = dict(known.VALIDATION_SETTINGS["cpu"])  # the validation figure's settings
+NUM_DATA = SETTINGS.pop("num_data")
+TOLERANCE = known.VALIDATION_TOLERANCE
 # Short chains for tests of the mechanics (not of accuracy): one compiled sampler among them.
 QUICK = {**SETTINGS, "num_steps": 1000, "num_burnin": 200, "num_chains": 2}
 FAST_CASE = ((4, 3, 4), 1)  # reduced-rank regression, λ = 6
@@ -140,10 +139,7 @@ def _minimum(loss_fn, w0, data):
 @functools.cache
 def _dln_problem(widths: tuple[int, ...], rank: int):
     """(w*, data) for a deep linear network with true rank `rank`: w* is the empirical minimum."""
-    truth_key, data_key = jax.random.split(jax.random.PRNGKey(sum(widths) * 10 + rank))
-    w0 = known.dln_true_params(truth_key, widths, rank)
-    data = known.sample_regression_data(data_key, known.dln_apply, w0, NUM_DATA, widths[0])
-    return _minimum(known.dln_loss, w0, data), data
+    return known.dln_problem(widths, rank, NUM_DATA)
 
 
 @functools.cache

@@ -261,3 +261,117 @@ def context_selectivity(probe_policy: pd.DataFrame, measure: str = "p_place_plan
                                     values=measure).reset_index()
     wide["selectivity"] = wide[where_it_works] / wide[where_it_fails]
     return wide[["seed", "update", "env_steps", "selectivity"]]
+
+
+@dataclass(frozen=True)
+class LLCData:
+    """The policy-LLC data set of one scale (`data/llc-<scale>/`), restricted to the chosen seeds."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    calibration: pd.DataFrame  # one row per (calibration checkpoint, nβ factor, step size)
+    llc: pd.DataFrame  # one row per (seed, checkpoint, variant kind, target)
+    logprobs: dict[int, dict[str, np.ndarray]]  # per seed: updates, env_steps, logprobs, context
+
+    def describe(self) -> str:
+        m = self.manifest
+        s = m["settings"]
+        caveat = "" if m["calibration_passed"] else \
+            " (no step size met the calibration rule: the smallest was used)"
+        return (f"{len(self.seeds)} seed(s) ({', '.join(map(str, self.seeds))}), "
+                f"{s['num_chains']} chains of {s['num_steps']} SGLD steps "
+                f"({s['num_burnin']} burn-in), ε = {m['step_size']:g}{caveat}, "
+                f"γ = {s['localization']:g}, nβ = {s['nbeta_factor']:g}·n/log n")
+
+
+def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
+             recompute: bool = False) -> LLCData:
+    """The policy-LLC data set of `scale`; with `recompute`, regenerate it (and the runs) first.
+
+    A recompute first runs `craftax_data(scale, seeds, recompute=True)` (training, evaluation and
+    export, reusing finished runs of the same code), then `devrl llc` on those runs.
+    """
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    seeds = check_seeds(seeds)
+    if not isinstance(recompute, bool):
+        raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
+    folder = data_root() / f"llc-{scale}"
+    if recompute:
+        from devrl.launch import run_dir_for
+        from devrl.policy_llc import export_llc
+
+        chosen = seeds or list(SCALE_SEEDS[scale])
+        craftax_data(scale, chosen, recompute=True)
+        out = recompute_runs_dir(scale)
+        export_llc([run_dir_for(out, seed) for seed in chosen], folder, scale,
+                   progress=lambda message: None)
+    if not (folder / "manifest.json").exists():
+        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
+                          "holds no data set; pass recompute=True to make it")
+    from devrl.runs import verify_manifest
+
+    problems = verify_manifest(folder)
+    if problems:
+        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    available = sorted(r["seed"] for r in manifest["runs"])
+    if seeds is not None and not set(seeds) <= set(available):
+        raise ConfigError(f"seeds={seeds} is not allowed: {folder} holds seeds {available}")
+    chosen = seeds if seeds is not None else available
+    table = pd.read_parquet(folder / "llc.parquet")
+    logprobs = {}
+    for seed in chosen:
+        with np.load(folder / "logprobs" / f"seed_{seed}.npz") as data:
+            logprobs[seed] = {k: data[k] for k in data.files}
+    return LLCData(scale=scale, seeds=chosen, path=folder, manifest=manifest,
+                   calibration=pd.read_parquet(folder / "calibration.parquet"),
+                   llc=table[table["seed"].isin(chosen)].reset_index(drop=True),
+                   logprobs=logprobs)
+
+
+def validation_data(scale: str = "cpu", recompute: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The known-answer suite of the LLC estimator (`data/llc-validation-<scale>/`) and manifest.
+
+    With `recompute`, runs `devrl.known.validation_suite(scale)` and replaces the folder.
+    """
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    if not isinstance(recompute, bool):
+        raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
+    from devrl.runs import (
+        atomic_write_parquet,
+        package_versions,
+        replace_dir,
+        verify_manifest,
+        write_manifest,
+    )
+
+    folder = data_root() / f"llc-validation-{scale}"
+    if recompute:
+        import shutil
+
+        from devrl import known
+
+        staging = folder.with_name(f".{folder.name}.staging")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        atomic_write_parquet(staging / "validation.parquet",
+                             pd.DataFrame(known.validation_suite(scale)))
+        write_manifest(staging, {
+            "what": "LLC estimates of deep linear networks against their closed-form learning "
+                    "coefficients (devrl.known.validation_suite)",
+            "made_by": f"devrl figure llc-validation -p scale {scale} -p recompute True",
+            "settings": known.VALIDATION_SETTINGS[scale], "versions": package_versions()})
+        replace_dir(staging, folder)
+    if not (folder / "manifest.json").exists():
+        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
+                          "holds no data set; pass recompute=True to make it")
+    problems = verify_manifest(folder)
+    if problems:
+        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
+    return (pd.read_parquet(folder / "validation.parquet"),
+            json.loads((folder / "manifest.json").read_text()))

@@ -1,4 +1,4 @@
-"""Command line: `devrl train | eval | export | figure | verify`. Every bad value exits with status 2 and a message
+"""Command line: `devrl train | eval | export | llc | figure | verify`. Every bad value exits with status 2 and a message
 naming the parameter and the allowed values, before anything is written."""
 
 from __future__ import annotations
@@ -88,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="data folder to write, e.g. data/craftax-cpu")
     export.add_argument("--checkpoints", type=int, default=8,
                         help="actor checkpoints kept per seed, log-spaced (default: 8)")
+
+    llc = sub.add_parser(
+        "llc", help="policy LLC and probe outputs of every checkpoint into a data folder",
+        description="Calibrate the SGLD step size on the first seed's run, then estimate the "
+                    "policy's local learning coefficient at log-spaced checkpoints of every run "
+                    "(per layer and per plant context at fewer of them) and store every "
+                    "checkpoint's action log-probabilities on the probe set; write the tables "
+                    "into OUT (replaced atomically). Finished parts are kept under RUN/llc/, so "
+                    "rerunning the same command resumes.")
+    llc.add_argument("run", nargs="+",
+                     help="evaluated run directories or folders of seed_N run directories")
+    llc.add_argument("--scale", default="cpu",
+                     help=f"sampler settings: {' | '.join(SCALES)} (default: cpu)")
+    llc.add_argument("--out", required=True, help="data folder to write, e.g. data/llc-cpu")
+    llc.add_argument("--quiet", action="store_true", help="no progress lines")
 
     figure = sub.add_parser(
         "figure", help="rerun one figure notebook with papermill",
@@ -189,6 +204,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_llc(args: argparse.Namespace) -> int:
+    from devrl.policy_llc import export_llc
+
+    if args.scale not in SCALES:
+        raise ConfigError(f"scale={args.scale!r} is not allowed: must be one of "
+                          f"{', '.join(SCALES)}")
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(message, flush=True)
+
+    print(export_llc([Path(p) for p in args.run], Path(args.out), args.scale, progress))
+    return 0
+
+
 def cmd_figure(args: argparse.Namespace) -> int:
     from devrl.notebooks import check_overrides, notebook_path, read_parameters, run_figure
 
@@ -232,7 +262,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "train-one": cmd_train_one, "eval": cmd_eval,
-            "export": cmd_export, "figure": cmd_figure, "verify": cmd_verify}
+            "export": cmd_export, "llc": cmd_llc, "figure": cmd_figure, "verify": cmd_verify}
 
 
 def main(argv: list[str] | None = None) -> int:

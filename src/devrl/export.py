@@ -24,6 +24,7 @@ from devrl.runs import (
     list_checkpoints,
     load_params,
     params_to_flat,
+    replace_dir,
     write_manifest,
 )
 
@@ -96,16 +97,7 @@ def export_runs(sources: list[Path], out: Path, checkpoints: int = 8) -> Path:
                 "behaviour (episodes, probe-set policy), probe sets, actor checkpoints (float16)",
         "made_by": f"devrl export --checkpoints {checkpoints}",
         "runs": runs, "rows": {name: len(table) for name, table in tables.items()}})
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
-    return out
+    return replace_dir(staging, out)
 
 
 def _mkdir(path: Path) -> Path:

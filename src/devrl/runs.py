@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 import time
@@ -55,6 +56,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replace_dir(staging: Path, out: Path) -> Path:
+    """Move the finished folder `staging` to `out`, replacing any old `out` by renames only.
+
+    The old folder is renamed aside before the new one moves in, so `out` is always either the
+    complete old or the complete new folder (a crash in between leaves the old one at .OUT.old).
+    """
+    staging, out = Path(staging), Path(out)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old)
+    else:
+        staging.rename(out)
+    return out
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

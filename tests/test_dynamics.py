@@ -1,0 +1,183 @@
+"""Essential dynamics on synthetic trajectories whose principal components and turns are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from devrl.config import ConfigError
+from devrl.dynamics import (
+    essential_dynamics,
+    log_steps,
+    output_matrix,
+    pca,
+    scores_frame,
+    smooth,
+    turning_points,
+    turns_frame,
+)
+
+NUM_STATES, NUM_ACTIONS = 5, 8  # F = 40 features
+
+
+def orthonormal(num: int, dim: int, seed: int = 0) -> np.ndarray:
+    """`num` random orthonormal rows of length `dim`."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(dim, num)))
+    return q.T
+
+
+def embed(path: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A [C, d] path placed in F = S·A dimensions around a random offset, shaped [C, S, A]."""
+    rng = np.random.default_rng(seed + 1)
+    features = NUM_STATES * NUM_ACTIONS
+    matrix = path @ orthonormal(path.shape[1], features, seed) + rng.normal(size=features)
+    return matrix.reshape(len(path), NUM_STATES, NUM_ACTIONS)
+
+
+def test_pca_recovers_known_variances_and_directions():
+    # Coefficients along two orthonormal directions with exactly zero mean, zero covariance and
+    # variances 9 and 1, so the explained-variance ratios are exactly 0.9 and 0.1.
+    num, dim = 64, 40
+    angle = 2 * np.pi * np.arange(num) / num
+    coefficients = np.stack([3 * np.sqrt(2) * np.cos(angle), np.sqrt(2) * np.sin(angle)], axis=1)
+    directions = orthonormal(2, dim)
+    offset = np.random.default_rng(5).normal(size=dim)
+    matrix = coefficients @ directions + offset
+    result = pca(matrix, num_components=2)
+    np.testing.assert_allclose(result.explained_variance_ratio, [0.9, 0.1], atol=1e-12)
+    np.testing.assert_allclose(result.mean, offset, atol=1e-12)
+    for i in range(2):  # each component is ± the known direction
+        assert abs(result.components[i] @ directions[i]) == pytest.approx(1, abs=1e-10)
+    np.testing.assert_allclose(np.abs(result.scores), np.abs(coefficients), atol=1e-10)
+
+    # Against the eigendecomposition of the feature covariance, on unstructured data.
+    matrix = np.random.default_rng(3).normal(size=(30, 20)) * np.linspace(0.5, 3, 20)
+    result = pca(matrix, num_components=3)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(matrix, rowvar=False))
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    np.testing.assert_allclose(result.explained_variance_ratio,
+                               eigenvalues[:3] / eigenvalues.sum(), rtol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(result.components * eigenvectors[:, :3].T, axis=1)),
+                               1, atol=1e-8)
+    np.testing.assert_allclose(result.components @ result.components.T, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(result.scores, (matrix - matrix.mean(0)) @ result.components.T,
+                               atol=1e-10)
+
+
+def test_sign_convention_is_deterministic_and_documented():
+    matrix = np.random.default_rng(7).normal(size=(20, 50))
+    first, second = pca(matrix, 4), pca(matrix, 4)
+    np.testing.assert_array_equal(first.scores, second.scores)
+    np.testing.assert_array_equal(first.components, second.components)
+    assert np.all(first.scores[-1] > 0)  # the documented convention: last checkpoint's score >= 0
+    # Reflecting every checkpoint through the mean negates the centred data: the convention is
+    # fixed by the scores, so they stay the same and the components flip.
+    reflected = pca(2 * matrix.mean(axis=0) - matrix, 4)
+    np.testing.assert_allclose(reflected.scores, first.scores, atol=1e-10)
+    np.testing.assert_allclose(reflected.components, -first.components, atol=1e-10)
+    # When the last score is zero the largest-|loading| entry is positive instead.
+    symmetric = np.array([[1.0, 0.2], [-1.0, -0.2], [0.0, 0.0]])
+    component = pca(symmetric, 1).components[0]
+    assert component[np.argmax(np.abs(component))] > 0
+
+
+def test_smoothing_constant_linear_and_width():
+    x = np.sort(np.random.default_rng(0).uniform(0, 3, size=25))
+    np.testing.assert_allclose(smooth(np.full(25, 4.2), x, 0.3), 4.2, rtol=1e-14)
+    a, b = np.random.default_rng(1).normal(size=(2, 25, 3))
+    np.testing.assert_allclose(smooth(2 * a - 3 * b, x, 0.2),
+                               2 * smooth(a, x, 0.2) - 3 * smooth(b, x, 0.2), atol=1e-12)
+    np.testing.assert_allclose(smooth(a, x, 1e-6), a)  # a tiny kernel is the identity
+    assert np.ptp(smooth(a, x, 100.0), axis=0) == pytest.approx(0, abs=1e-3)  # a huge one, flat
+    for width in (0, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match=r"^width=.* is not allowed: must be"):
+            smooth(a, x, width)
+
+
+def test_turn_of_pc1_found_where_the_trajectory_turns():
+    # Out along e1 and back (a V) while drifting along e2: PC1 ≈ e1 rises then falls at x0.
+    x = np.linspace(3, 7, 81)  # resolution 0.05 decades
+    for x0 in (5.02, 4.3):
+        path = np.stack([(x0 - 3) - np.abs(x - x0), 0.3 * (x - 3)], axis=1)
+        result = essential_dynamics(embed(path), 10**x, num_components=2, width=0.1)
+        np.testing.assert_allclose(result.x, x, atol=1e-12)
+        (turn,) = [turn for turn in result.turns if turn["component"] == 0]
+        assert abs(turn["x"] - x0) <= (x[1] - x[0]) / 2 + 1e-9  # the nearest checkpoint
+        assert turn["x"] == result.x[turn["index"]]
+        # The trajectory ends nearer its start than its far point, so with the last score >= 0
+        # PC1 falls then rises: the turn is a minimum.
+        assert turn["kind"] == "min"
+        assert result.smoothed[turn["index"], 0] == result.smoothed[:, 0].min()
+        if x0 == 5.02:
+            # Nearly symmetric V: PC2 ≈ e2 (the drift) is monotone, so PC1's is the only turn.
+            # (At x0 = 4.3 the V's asymmetry tilts PC2 enough towards e1 that it turns too.)
+            assert result.turns == [turn]
+
+    # A monotone trajectory (a straight line at uneven speed) has no turns.
+    line = np.stack([(x - 3) ** 3, 2 * (x - 3) ** 3], axis=1)
+    assert essential_dynamics(embed(line), 10**x, num_components=1, width=0.1).turns == []
+
+
+def test_turning_points_kinds_margin_and_flat_stretches():
+    x = np.linspace(0, 1, 13)
+    y = np.stack([np.sin(2 * np.pi * x), np.full(13, 2.0)], axis=1)  # max at 0.25, min at 0.75
+    turns = turning_points(y, x)
+    assert turns == [{"component": 0, "index": 3, "x": 0.25, "kind": "max"},
+                     {"component": 0, "index": 9, "x": 0.75, "kind": "min"}]
+    assert turning_points(y, x, margin=0.25) == turns  # exactly `margin` from an end: kept
+    assert turning_points(y, x, margin=0.3) == []  # both within 0.3 of an end
+    plateau = np.array([0.0, 1.0, 2.0, 2.0, 2.0, 1.0, 0.0, -1.0])
+    (turn,) = turning_points(plateau, np.arange(8.0))
+    assert turn == {"component": 0, "index": 2, "x": 2.0, "kind": "max"}
+    with pytest.raises(ConfigError, match=r"^margin="):
+        turning_points(plateau, np.arange(8.0), margin=-1)
+
+
+def test_frames_are_tidy():
+    x = np.linspace(3, 7, 41)
+    path = np.stack([2 - np.abs(x - 5), 0.3 * x, np.cos(3 * x)], axis=1)
+    steps = np.round(10**x).astype(np.int64)
+    steps[0] = 0
+    result = essential_dynamics(embed(path), steps, num_components=3, width=0.15)
+    assert result.x[0] == pytest.approx(np.log10(steps[1] / 2))
+    assert result.margin == result.width == 0.15
+    frame = scores_frame(result)
+    assert list(frame.columns) == ["env_steps", "x", "component", "score", "smoothed"]
+    assert len(frame) == 41 * 3
+    row = frame[(frame.env_steps == steps[7]) & (frame.component == 2)].iloc[0]
+    assert row.score == result.pca.scores[7, 2] and row.smoothed == result.smoothed[7, 2]
+    turns = turns_frame(result)
+    assert list(turns.columns) == ["component", "index", "env_steps", "x", "kind"]
+    assert len(turns) == len(result.turns) > 0
+    assert turns.x.is_monotonic_increasing
+    assert (turns.env_steps == steps[turns["index"]]).all()
+    empty = turns_frame(essential_dynamics(embed(path[:, 1:2]), steps, num_components=1))
+    assert isinstance(empty, pd.DataFrame) and empty.empty and "kind" in empty.columns
+
+
+@pytest.mark.parametrize(("logprobs", "steps", "kwargs", "name"), [
+    (np.zeros((4, 6)), np.arange(1, 5), {}, "logprobs"),
+    (np.where(np.eye(4)[:, :, None] > 0, np.nan, 0.0), np.arange(1, 5), {}, "logprobs"),
+    (None, np.arange(1, 5), {"num_components": 4}, "num_components"),  # C - 1 = 3
+    (None, np.arange(1, 5), {"num_components": 0}, "num_components"),
+    (None, np.array([1, 2, 2, 3]), {}, "env_steps"),
+    (None, np.array([1, 3, 2, 4]), {}, "env_steps"),
+    (None, np.arange(1, 4), {}, "env_steps"),
+    (None, np.array([-1, 2, 3, 4]), {}, "env_steps"),
+    (None, np.arange(1, 5), {"width": 0}, "width"),
+    (None, np.arange(1, 5), {"margin": -0.1}, "margin"),
+])
+def test_bad_inputs_name_the_parameter(logprobs, steps, kwargs, name):
+    if logprobs is None:
+        logprobs = np.random.default_rng(0).normal(size=(4, 3, 2))
+    with pytest.raises(ConfigError, match=rf"^{name}\b.* is not allowed: "):
+        essential_dynamics(logprobs, steps, **{"num_components": 2, **kwargs})
+
+
+def test_small_helpers():
+    assert output_matrix(np.ones((2, 3, 4))).shape == (2, 12)
+    assert output_matrix(np.ones((2, 3, 4), np.float32)).dtype == np.float64
+    np.testing.assert_allclose(log_steps([0, 100, 1000]), [np.log10(50), 2, 3])
+    with pytest.raises(ConfigError, match="^matrix with identical rows"):
+        pca(np.ones((5, 3)), 1)
