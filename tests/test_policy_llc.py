@@ -174,7 +174,7 @@ def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
                                               "updates_done": 4})
     atomic_write_npz(run / "behaviour" / "probe.npz", probe)
     key = jax.random.PRNGKey(0)
-    for update in (0, 1, 4):
+    for update in (0, 1, 4):  # the initial checkpoint gets probe outputs only
         params = network.init(jax.random.fold_in(key, update),
                               jnp.zeros((1, 0)), jnp.zeros((1, 1, OBS_DIM)),
                               jnp.zeros((1, 1), bool))
@@ -186,7 +186,7 @@ def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["step_size"] in SETTINGS.calibration_step_sizes
     table = pd.read_parquet(out / "llc.parquet")
-    assert sorted(table["update"].unique()) == [0, 1, 4]
+    assert sorted(table["update"].unique()) == [1, 4]  # not the initial checkpoint
     assert set(table["kind"]) == {"all", "layer", "context"}
     with np.load(out / "logprobs" / "seed_0.npz") as data:
         assert data["logprobs"].shape == (3, len(probe["context"]), len(ACTION_NAMES))

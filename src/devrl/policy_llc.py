@@ -9,8 +9,8 @@ For a set of runs, `devrl llc` does three things, each resumable (finished parts
 1. **Calibration** on the first run: a sweep over step sizes ε and nβ (as multiples of the default
    n / log n) at a few checkpoints, with every other setting fixed. `choose_step_size` applies the
    rule documented there and fixes ε for every checkpoint of every run.
-2. **Estimates** at a log-spaced subset of each run's checkpoints (`llc_checkpoints`, first and
-   last included): the LLC of the whole actor ("all"); at a smaller subset of those
+2. **Estimates** at a log-spaced subset of each run's checkpoints after the initial one
+   (`llc_checkpoints`, the first and last of them included): the LLC of the whole actor ("all"); at a smaller subset of those
    (`detail_checkpoints`) also each layer alone (weight-restricted) and each plant context alone
    (data-restricted). Parts go to RUN/llc/<settings hash>/, so estimates made with
    other settings are never mixed in.
@@ -300,6 +300,19 @@ def _key(update: int, index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(LLC_SEED), update), index)
 
 
+def trained_updates(checkpoints: list[tuple[int, Path]]) -> list[int]:
+    """The checkpoints after at least one update: the ones LLCs are estimated (and calibrated) at.
+
+    The initial policy is left out: it is near-uniform by construction (a small output layer),
+    so its self-distillation loss is nearly flat, and no figure shows it (log axes).
+    """
+    updates = [u for u, _ in checkpoints if u > 0]
+    if not updates:
+        raise ConfigError("checkpoints=[0] is not allowed: the run needs a checkpoint after its "
+                          "first update")
+    return updates
+
+
 def calibrate(run_dir: Path, settings: PolicyLLCSettings, progress: Callable[[str], None] = print
               ) -> pd.DataFrame:
     """The sweep table of `run_dir` (one row per checkpoint, nβ factor and ε); resumable."""
@@ -308,7 +321,7 @@ def calibrate(run_dir: Path, settings: PolicyLLCSettings, progress: Callable[[st
     probe = _load_probe(run_dir)
     checkpoints = list_checkpoints(run_dir)
     paths = dict(checkpoints)
-    chosen = pick_checkpoints([u for u, _ in checkpoints], settings.calibration_checkpoints)
+    chosen = pick_checkpoints(trained_updates(checkpoints), settings.calibration_checkpoints)
     folder = run_dir / "llc" / "calibration"
     rows = []
     for update in chosen:
@@ -345,8 +358,7 @@ def estimate_run(run_dir: Path, settings: PolicyLLCSettings, step_size: float,
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise ConfigError(f"run={str(run_dir)!r} is not allowed: it has no checkpoints yet")
-    updates = [u for u, _ in checkpoints]
-    estimated = pick_checkpoints(updates, settings.llc_checkpoints)
+    estimated = pick_checkpoints(trained_updates(checkpoints), settings.llc_checkpoints)
     detail = set(pick_checkpoints(estimated, settings.detail_checkpoints))
     folder = run_dir / "llc" / settings_hash(settings, step_size)
     tables, logprobs = [], []
