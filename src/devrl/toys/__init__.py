@@ -1,0 +1,1 @@
+"""Stylized toy models whose dynamics can be solved or simulated exactly (pure JAX, CPU-fast)."""
