@@ -25,7 +25,8 @@ DEVRL = str(Path(sys.executable).with_name("devrl"))
 CRAFTAX_NOTEBOOKS = ["training-curves", "plant-overshoot", "plant-context"]
 LLC_NOTEBOOKS = ["llc-validation", "policy-llc", "llc-by-layer", "llc-by-context",
                  "essential-dynamics"]
-NOTEBOOKS = CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS  # every notebook, published or not
+TOY_NOTEBOOKS = ["toy-plant-overshoot", "toy-plant-fit"]
+NOTEBOOKS = CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS  # every notebook, published or not
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
 # it once its cpu-scale data is committed; `only_build_toc_files` leaves the others out).
@@ -114,6 +115,8 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
         assert llc_manifest["step_size"] in llc_manifest["settings"]["calibration_step_sizes"]
     if name == "llc-validation":
         assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "llc-validation-smoke") == []
+    if name in TOY_NOTEBOOKS:
+        assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "toy-plant-smoke") == []
     svg = Path(smoke_env["DEVRL_FIGURES"]) / f"{FIGURES[name]}.svg"
     assert svg.read_text().lstrip().startswith("<svg")
     assert (svg.with_suffix(".png")).read_bytes()[:4] == b"\x89PNG"

@@ -98,3 +98,31 @@ def test_bad_settings_are_refused():
         PlantTask(context_probs=(0.5, 0.6)).validate()
     with pytest.raises(ConfigError, match="horizon=0 is not allowed"):
         PlantTask(horizon=0).validate()
+
+
+def test_overshoot_summary_on_a_known_curve():
+    from devrl.toys.plant import overshoot_summary
+
+    probs = (0.5, 0.5)
+    invalid = np.array([0.1, 0.3, 0.5, 0.4, 0.3, 0.25, 0.2])
+    q = np.stack([np.linspace(0.1, 0.8, len(invalid)), invalid], axis=1)
+    summary = overshoot_summary(q, probs, record_every=10)
+    assert summary["peak"] == 0.5 and summary["peak_update"] == 20
+    assert summary["rise"] == pytest.approx(0.4)
+    assert summary["half_time"] == 30  # 0.25 <= 0.5 / 2 three records after the peak
+    monotone = np.stack([np.linspace(0.1, 0.8, 5), np.linspace(0.3, 0.1, 5)], axis=1)
+    assert np.isnan(overshoot_summary(monotone, probs)["half_time"])  # no overshoot
+
+
+def test_fit_recovers_the_parameters_of_a_curve_the_toy_made():
+    from devrl.toys.plant import fit_share, model_share
+
+    steps = np.geomspace(2e4, 8e6, 40)
+    truth = {"sharing": 0.8, "other_reward": 0.004, "valid_prob": 0.1, "steps_per_update": 2000.0}
+    share = model_share(**truth, horizon=150, init_logit=-2.77, env_steps=steps)
+    fit = fit_share(steps, share, 150, -2.77)
+    assert fit.r_squared > 0.99 and fit.rmse < 2e-3
+    assert fit.sharing == pytest.approx(truth["sharing"], abs=0.1)
+    assert fit.steps_per_update == pytest.approx(truth["steps_per_update"], rel=0.3)
+    no_sharing = fit_share(steps, share, 150, -2.77, sharing=0.0)
+    assert no_sharing.sharing == 0.0 and no_sharing.rmse > fit.rmse

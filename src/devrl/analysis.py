@@ -375,3 +375,77 @@ def validation_data(scale: str = "cpu", recompute: bool = False) -> tuple[pd.Dat
         raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
     return (pd.read_parquet(folder / "validation.parquet"),
             json.loads((folder / "manifest.json").read_text()))
+
+
+@dataclass(frozen=True)
+class ToyPlantData:
+    """The plant-overshoot toy's tables (`data/toy-plant-<scale>/`)."""
+
+    scale: str
+    path: Path
+    manifest: dict[str, Any]
+    trajectories: pd.DataFrame  # exact and sampled propensities of the headline task per update
+    sweep: pd.DataFrame  # overshoot summaries over sharing × opportunity cost × learning rate
+    fits: pd.DataFrame  # fits to the Craftax place share, per seed and for the mean
+    fit_curves: pd.DataFrame  # observed and fitted share at each checkpoint
+
+
+def toy_plant_data(scale: str = "cpu", recompute: bool = False) -> ToyPlantData:
+    """The plant toy's data set; with `recompute`, rebuild it (the fit reads the Craftax data set
+    of the same scale, which is itself recomputed first if it does not exist)."""
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    if not isinstance(recompute, bool):
+        raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
+    from devrl.runs import (
+        atomic_write_parquet,
+        package_versions,
+        replace_dir,
+        verify_manifest,
+        write_manifest,
+    )
+
+    folder = data_root() / f"toy-plant-{scale}"
+    if recompute:
+        import dataclasses
+        import shutil
+
+        from devrl.toys import plant
+
+        craftax = data_root() / f"craftax-{scale}"
+        episodes = craftax_data(scale, recompute=not (craftax / "manifest.json").exists()).episodes
+        staging = folder.with_name(f".{folder.name}.staging")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        fits, curves = plant.fit_tables(episodes)
+        tables = {"trajectories": plant.trajectory_table(scale), "sweep": plant.sweep_table(scale),
+                  "fits": fits, "fit_curves": curves}
+        for name, table in tables.items():
+            atomic_write_parquet(staging / f"{name}.parquet", table)
+        headline = {**plant.HEADLINE, "task": dataclasses.asdict(plant.HEADLINE["task"])}
+        write_manifest(staging, {
+            "what": "plant-overshoot toy: exact and sampled dynamics of the headline task, a sweep "
+                    "of overshoot summaries, fits to the Craftax PLACE_PLANT share",
+            "made_by": f"devrl figure toy-plant-overshoot -p scale {scale} -p recompute True",
+            "settings": plant.TOY_SETTINGS[scale], "headline": headline,
+            "fit": {"learning_rate": plant.FIT_LEARNING_RATE, "updates": plant.FIT_UPDATES,
+                    "craftax_manifest_sha256": _sha256(craftax / "manifest.json")},
+            "versions": package_versions()})
+        replace_dir(staging, folder)
+    if not (folder / "manifest.json").exists():
+        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
+                          "holds no data set; pass recompute=True to make it")
+    problems = verify_manifest(folder)
+    if problems:
+        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
+    return ToyPlantData(scale=scale, path=folder,
+                        manifest=json.loads((folder / "manifest.json").read_text()),
+                        **{name: pd.read_parquet(folder / f"{name}.parquet")
+                           for name in ("trajectories", "sweep", "fits", "fit_curves")})
+
+
+def _sha256(path: Path) -> str:
+    from devrl.runs import sha256_file
+
+    return sha256_file(path)
