@@ -25,7 +25,7 @@ DEVRL = str(Path(sys.executable).with_name("devrl"))
 CRAFTAX_NOTEBOOKS = ["training-curves", "plant-overshoot", "plant-context"]
 LLC_NOTEBOOKS = ["llc-validation", "policy-llc", "llc-by-layer", "llc-by-context",
                  "essential-dynamics"]
-TOY_NOTEBOOKS = ["toy-plant-overshoot", "toy-plant-fit"]
+TOY_NOTEBOOKS = ["toy-plant-overshoot", "toy-plant-fit", "toy-lagoon", "toy-fork"]
 NOTEBOOKS = CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS  # every notebook, published or not
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
@@ -116,7 +116,8 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
     if name == "llc-validation":
         assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "llc-validation-smoke") == []
     if name in TOY_NOTEBOOKS:
-        assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "toy-plant-smoke") == []
+        toy = "toy-plant" if name.startswith("toy-plant") else "toy-feedback"
+        assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / f"{toy}-smoke") == []
     svg = Path(smoke_env["DEVRL_FIGURES"]) / f"{FIGURES[name]}.svg"
     assert svg.read_text().lstrip().startswith("<svg")
     assert (svg.with_suffix(".png")).read_bytes()[:4] == b"\x89PNG"

@@ -449,3 +449,63 @@ def _sha256(path: Path) -> str:
     from devrl.runs import sha256_file
 
     return sha256_file(path)
+
+
+@dataclass(frozen=True)
+class ToyFeedbackData:
+    """The feedback-loop toys' tables (`data/toy-feedback-<scale>/`)."""
+
+    scale: str
+    path: Path
+    manifest: dict[str, Any]
+    lagoon_curves: pd.DataFrame  # per learner, power-up and update: means over runs
+    lagoon_summary: pd.DataFrame  # per learner and power-up: trapped fractions and steps
+    fork: pd.DataFrame  # per exploration rate and unlucky penalty: avoidance of the left branch
+
+
+def toy_feedback_data(scale: str = "cpu", recompute: bool = False) -> ToyFeedbackData:
+    """The lagoon and fork toys' data set; with `recompute`, rerun every toy run first."""
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    if not isinstance(recompute, bool):
+        raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
+    from devrl.runs import (
+        atomic_write_parquet,
+        package_versions,
+        replace_dir,
+        verify_manifest,
+        write_manifest,
+    )
+
+    folder = data_root() / f"toy-feedback-{scale}"
+    if recompute:
+        import shutil
+
+        from devrl.toys import feedback
+
+        staging = folder.with_name(f".{folder.name}.staging")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        curves, summary = feedback.lagoon_tables(scale)
+        for name, table in {"lagoon_curves": curves, "lagoon_summary": summary,
+                            "fork": feedback.fork_table(scale)}.items():
+            atomic_write_parquet(staging / f"{name}.parquet", table)
+        write_manifest(staging, {
+            "what": "feedback-loop toys: the lagoon under three learners after a steering-bias "
+                    "perturbation; the fork under a sweep of exploration rates and penalties",
+            "made_by": f"devrl figure toy-lagoon -p scale {scale} -p recompute True",
+            "settings": feedback.FEEDBACK_SETTINGS[scale], "perturb": feedback.PERTURB,
+            "seeds": {"lagoon": feedback.LAGOON_SEED, "fork": feedback.FORK_SEED},
+            "versions": package_versions()})
+        replace_dir(staging, folder)
+    if not (folder / "manifest.json").exists():
+        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
+                          "holds no data set; pass recompute=True to make it")
+    problems = verify_manifest(folder)
+    if problems:
+        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
+    return ToyFeedbackData(scale=scale, path=folder,
+                           manifest=json.loads((folder / "manifest.json").read_text()),
+                           **{name: pd.read_parquet(folder / f"{name}.parquet")
+                              for name in ("lagoon_curves", "lagoon_summary", "fork")})
