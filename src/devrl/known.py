@@ -233,10 +233,12 @@ VALIDATION_CASES: tuple[tuple[tuple[int, ...], int], ...] = (
     ((3, 3, 3, 3), 1),
     ((3, 3, 3, 3, 3), 1),
 )
-# The known-answer settings per scale (n data points and the SGLD settings, fixed across cases).
+# The known-answer settings per scale (n data points and the SGLD settings, fixed across cases;
+# "cases": how many of VALIDATION_CASES to run, all if absent).
 VALIDATION_SETTINGS: dict[str, dict[str, object]] = {
     "smoke": {"num_data": 500, "step_size": 2e-4, "localization": 1.0, "num_steps": 300,
-              "num_burnin": 100, "num_chains": 2, "batch_size": 100, "draw_loss": "paired"},
+              "num_burnin": 100, "num_chains": 2, "batch_size": 100, "draw_loss": "paired",
+              "cases": 3},
     "cpu": {"num_data": 3000, "step_size": 6e-5, "localization": 1.0, "num_steps": 8000,
             "num_burnin": 1000, "num_chains": 4, "batch_size": 500, "draw_loss": "paired"},
     "paper": {"num_data": 10000, "step_size": 2e-5, "localization": 1.0, "num_steps": 30000,
@@ -272,6 +274,7 @@ def validation_suite(scale: str, cases: Sequence[tuple[tuple[int, ...], int]] = 
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
     settings = dict(VALIDATION_SETTINGS[scale])
     num_data = int(settings.pop("num_data"))
+    cases = cases[:settings.pop("cases", len(cases))]
     rows = []
     for widths, rank in cases:
         w_star, data = dln_problem(widths, rank, num_data)

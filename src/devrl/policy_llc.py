@@ -102,9 +102,9 @@ class PolicyLLCSettings:
 # per seed, 4 of them with every variant: ~20 min per seed).
 LLC_SETTINGS: dict[str, PolicyLLCSettings] = {
     "smoke": PolicyLLCSettings(
-        num_chains=2, num_steps=200, num_burnin=100, batch_size=8, localization=100.0,
-        nbeta_factor=1.0, sampler="sgld", draw_loss="paired", llc_checkpoints=3,
-        detail_checkpoints=2, calibration_step_sizes=(1e-4, 1e-3),
+        num_chains=2, num_steps=100, num_burnin=50, batch_size=8, localization=100.0,
+        nbeta_factor=1.0, sampler="sgld", draw_loss="paired", llc_checkpoints=2,
+        detail_checkpoints=1, calibration_step_sizes=(1e-4, 1e-3),
         calibration_nbeta_factors=(1.0, 2.0), calibration_checkpoints=2),
     "cpu": PolicyLLCSettings(
         num_chains=4, num_steps=500, num_burnin=250, batch_size=64, localization=100.0,
