@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,11 +101,8 @@ def craftax_data(scale: str = "cpu", seeds: list[int] | None = None,
     the code that trains, so an interrupted recompute resumes, but runs made by other code or
     other package versions are never reused.
     """
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    check_scale_and_recompute(scale, recompute)
     seeds = check_seeds(seeds)
-    if not isinstance(recompute, bool):
-        raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
     folder = data_root() / f"craftax-{scale}"
     if recompute:
         recompute_craftax(scale, seeds or list(SCALE_SEEDS[scale]), folder)
@@ -293,11 +291,8 @@ def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
     A recompute first runs `craftax_data(scale, seeds, recompute=True)` (training, evaluation and
     export, reusing finished runs of the same code), then `devrl llc` on those runs.
     """
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    check_scale_and_recompute(scale, recompute)
     seeds = check_seeds(seeds)
-    if not isinstance(recompute, bool):
-        raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
     folder = data_root() / f"llc-{scale}"
     if recompute:
         from devrl.launch import run_dir_for
@@ -332,15 +327,22 @@ def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
                    logprobs=logprobs)
 
 
-def validation_data(scale: str = "cpu", recompute: bool = False) -> tuple[pd.DataFrame, dict]:
-    """The known-answer suite of the LLC estimator (`data/llc-validation-<scale>/`) and manifest.
-
-    With `recompute`, runs `devrl.known.validation_suite(scale)` and replaces the folder.
-    """
+def check_scale_and_recompute(scale: Any, recompute: Any) -> None:
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
     if not isinstance(recompute, bool):
         raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
+
+
+def table_set(name: str, scale: str, recompute: bool,
+              build: Callable[[], tuple[dict[str, pd.DataFrame], dict[str, Any]]]
+              ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The tables of the data set `data/<name>-<scale>/` and its manifest.
+
+    With `recompute`, `build()` first returns the tables and the manifest's description; they
+    are written to a staging folder with a manifest (checksums, package versions) that then
+    replaces the data set in renames only. The folder is verified against its manifest on load.
+    """
     from devrl.runs import (
         atomic_write_parquet,
         package_versions,
@@ -349,23 +351,20 @@ def validation_data(scale: str = "cpu", recompute: bool = False) -> tuple[pd.Dat
         write_manifest,
     )
 
-    folder = data_root() / f"llc-validation-{scale}"
+    check_scale_and_recompute(scale, recompute)
+    folder = data_root() / f"{name}-{scale}"
     if recompute:
         import shutil
 
-        from devrl import known
-
+        tables, extra = build()
         staging = folder.with_name(f".{folder.name}.staging")
         if staging.exists():
             shutil.rmtree(staging)
         staging.mkdir(parents=True)
-        atomic_write_parquet(staging / "validation.parquet",
-                             pd.DataFrame(known.validation_suite(scale)))
-        write_manifest(staging, {
-            "what": "LLC estimates of deep linear networks against their closed-form learning "
-                    "coefficients (devrl.known.validation_suite)",
-            "made_by": f"devrl figure llc-validation -p scale {scale} -p recompute True",
-            "settings": known.VALIDATION_SETTINGS[scale], "versions": package_versions()})
+        for table_name, table in tables.items():
+            atomic_write_parquet(staging / f"{table_name}.parquet", table)
+        write_manifest(staging, {**extra, "scale": scale, "tables": sorted(tables),
+                                 "versions": package_versions()})
         replace_dir(staging, folder)
     if not (folder / "manifest.json").exists():
         raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
@@ -373,8 +372,27 @@ def validation_data(scale: str = "cpu", recompute: bool = False) -> tuple[pd.Dat
     problems = verify_manifest(folder)
     if problems:
         raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
-    return (pd.read_parquet(folder / "validation.parquet"),
-            json.loads((folder / "manifest.json").read_text()))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    return ({t: pd.read_parquet(folder / f"{t}.parquet") for t in manifest["tables"]},
+            manifest)
+
+
+def validation_data(scale: str = "cpu", recompute: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The known-answer suite of the LLC estimator (`data/llc-validation-<scale>/`) and manifest.
+
+    With `recompute`, runs `devrl.known.validation_suite(scale)` and replaces the folder.
+    """
+    def build():
+        from devrl import known
+
+        return ({"validation": pd.DataFrame(known.validation_suite(scale))}, {
+            "what": "LLC estimates of deep linear networks against their closed-form learning "
+                    "coefficients (devrl.known.validation_suite)",
+            "made_by": f"devrl figure llc-validation -p scale {scale} -p recompute True",
+            "settings": known.VALIDATION_SETTINGS[scale]})
+
+    tables, manifest = table_set("llc-validation", scale, recompute, build)
+    return tables["validation"], manifest
 
 
 @dataclass(frozen=True)
@@ -393,62 +411,28 @@ class ToyPlantData:
 def toy_plant_data(scale: str = "cpu", recompute: bool = False) -> ToyPlantData:
     """The plant toy's data set; with `recompute`, rebuild it (the fit reads the Craftax data set
     of the same scale, which is itself recomputed first if it does not exist)."""
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
-    if not isinstance(recompute, bool):
-        raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
-    from devrl.runs import (
-        atomic_write_parquet,
-        package_versions,
-        replace_dir,
-        verify_manifest,
-        write_manifest,
-    )
-
-    folder = data_root() / f"toy-plant-{scale}"
-    if recompute:
+    def build():
         import dataclasses
-        import shutil
 
+        from devrl.runs import sha256_file
         from devrl.toys import plant
 
         craftax = data_root() / f"craftax-{scale}"
         episodes = craftax_data(scale, recompute=not (craftax / "manifest.json").exists()).episodes
-        staging = folder.with_name(f".{folder.name}.staging")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
         fits, curves = plant.fit_tables(episodes)
-        tables = {"trajectories": plant.trajectory_table(scale), "sweep": plant.sweep_table(scale),
-                  "fits": fits, "fit_curves": curves}
-        for name, table in tables.items():
-            atomic_write_parquet(staging / f"{name}.parquet", table)
         headline = {**plant.HEADLINE, "task": dataclasses.asdict(plant.HEADLINE["task"])}
-        write_manifest(staging, {
+        return ({"trajectories": plant.trajectory_table(scale), "sweep": plant.sweep_table(scale),
+                 "fits": fits, "fit_curves": curves}, {
             "what": "plant-overshoot toy: exact and sampled dynamics of the headline task, a sweep "
                     "of overshoot summaries, fits to the Craftax PLACE_PLANT share",
             "made_by": f"devrl figure toy-plant-overshoot -p scale {scale} -p recompute True",
             "settings": plant.TOY_SETTINGS[scale], "headline": headline,
             "fit": {"learning_rate": plant.FIT_LEARNING_RATE, "updates": plant.FIT_UPDATES,
-                    "craftax_manifest_sha256": _sha256(craftax / "manifest.json")},
-            "versions": package_versions()})
-        replace_dir(staging, folder)
-    if not (folder / "manifest.json").exists():
-        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
-                          "holds no data set; pass recompute=True to make it")
-    problems = verify_manifest(folder)
-    if problems:
-        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
-    return ToyPlantData(scale=scale, path=folder,
-                        manifest=json.loads((folder / "manifest.json").read_text()),
-                        **{name: pd.read_parquet(folder / f"{name}.parquet")
-                           for name in ("trajectories", "sweep", "fits", "fit_curves")})
+                    "craftax_manifest_sha256": sha256_file(craftax / "manifest.json")}})
 
-
-def _sha256(path: Path) -> str:
-    from devrl.runs import sha256_file
-
-    return sha256_file(path)
+    tables, manifest = table_set("toy-plant", scale, recompute, build)
+    return ToyPlantData(scale=scale, path=data_root() / f"toy-plant-{scale}", manifest=manifest,
+                        **tables)
 
 
 @dataclass(frozen=True)
@@ -465,47 +449,18 @@ class ToyFeedbackData:
 
 def toy_feedback_data(scale: str = "cpu", recompute: bool = False) -> ToyFeedbackData:
     """The lagoon and fork toys' data set; with `recompute`, rerun every toy run first."""
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
-    if not isinstance(recompute, bool):
-        raise ConfigError(f"recompute={recompute!r} is not allowed: must be True or False")
-    from devrl.runs import (
-        atomic_write_parquet,
-        package_versions,
-        replace_dir,
-        verify_manifest,
-        write_manifest,
-    )
-
-    folder = data_root() / f"toy-feedback-{scale}"
-    if recompute:
-        import shutil
-
+    def build():
         from devrl.toys import feedback
 
-        staging = folder.with_name(f".{folder.name}.staging")
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
         curves, summary = feedback.lagoon_tables(scale)
-        for name, table in {"lagoon_curves": curves, "lagoon_summary": summary,
-                            "fork": feedback.fork_table(scale)}.items():
-            atomic_write_parquet(staging / f"{name}.parquet", table)
-        write_manifest(staging, {
+        return ({"lagoon_curves": curves, "lagoon_summary": summary,
+                 "fork": feedback.fork_table(scale)}, {
             "what": "feedback-loop toys: the lagoon under three learners after a steering-bias "
                     "perturbation; the fork under a sweep of exploration rates and penalties",
             "made_by": f"devrl figure toy-lagoon -p scale {scale} -p recompute True",
             "settings": feedback.FEEDBACK_SETTINGS[scale], "perturb": feedback.PERTURB,
-            "seeds": {"lagoon": feedback.LAGOON_SEED, "fork": feedback.FORK_SEED},
-            "versions": package_versions()})
-        replace_dir(staging, folder)
-    if not (folder / "manifest.json").exists():
-        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
-                          "holds no data set; pass recompute=True to make it")
-    problems = verify_manifest(folder)
-    if problems:
-        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
-    return ToyFeedbackData(scale=scale, path=folder,
-                           manifest=json.loads((folder / "manifest.json").read_text()),
-                           **{name: pd.read_parquet(folder / f"{name}.parquet")
-                              for name in ("lagoon_curves", "lagoon_summary", "fork")})
+            "seeds": {"lagoon": feedback.LAGOON_SEED, "fork": feedback.FORK_SEED}})
+
+    tables, manifest = table_set("toy-feedback", scale, recompute, build)
+    return ToyFeedbackData(scale=scale, path=data_root() / f"toy-feedback-{scale}",
+                           manifest=manifest, **tables)
