@@ -106,19 +106,8 @@ def craftax_data(scale: str = "cpu", seeds: list[int] | None = None,
     folder = data_root() / f"craftax-{scale}"
     if recompute:
         recompute_craftax(scale, seeds or list(SCALE_SEEDS[scale]), folder)
-    if not (folder / "manifest.json").exists():
-        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
-                          "holds no data set; pass recompute=True to make it")
-    from devrl.runs import verify_manifest
-
-    problems = verify_manifest(folder)
-    if problems:
-        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    available = sorted(r["seed"] for r in manifest["runs"])
-    if seeds is not None and not set(seeds) <= set(available):
-        raise ConfigError(f"seeds={seeds} is not allowed: {folder} holds seeds {available}")
-    chosen = seeds if seeds is not None else available
+    manifest = open_data_set(folder, scale)
+    chosen = choose_seeds(manifest, seeds, folder)
 
     def load(name: str) -> pd.DataFrame:
         frame = pd.read_parquet(folder / f"{name}.parquet")
@@ -303,19 +292,8 @@ def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
         out = recompute_runs_dir(scale)
         export_llc([run_dir_for(out, seed) for seed in chosen], folder, scale,
                    progress=lambda message: None)
-    if not (folder / "manifest.json").exists():
-        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
-                          "holds no data set; pass recompute=True to make it")
-    from devrl.runs import verify_manifest
-
-    problems = verify_manifest(folder)
-    if problems:
-        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
-    manifest = json.loads((folder / "manifest.json").read_text())
-    available = sorted(r["seed"] for r in manifest["runs"])
-    if seeds is not None and not set(seeds) <= set(available):
-        raise ConfigError(f"seeds={seeds} is not allowed: {folder} holds seeds {available}")
-    chosen = seeds if seeds is not None else available
+    manifest = open_data_set(folder, scale)
+    chosen = choose_seeds(manifest, seeds, folder)
     table = pd.read_parquet(folder / "llc.parquet")
     logprobs = {}
     for seed in chosen:
@@ -325,6 +303,27 @@ def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
                    calibration=pd.read_parquet(folder / "calibration.parquet"),
                    llc=table[table["seed"].isin(chosen)].reset_index(drop=True),
                    logprobs=logprobs)
+
+
+def open_data_set(folder: Path, scale: str) -> dict[str, Any]:
+    """The manifest of the data set in `folder`, after checking every file against it."""
+    from devrl.runs import verify_manifest
+
+    if not (folder / "manifest.json").exists():
+        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
+                          "holds no data set; pass recompute=True to make it")
+    problems = verify_manifest(folder)
+    if problems:
+        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def choose_seeds(manifest: dict[str, Any], seeds: list[int] | None, folder: Path) -> list[int]:
+    """`seeds` if the data set holds them all, every seed it holds if `seeds` is None."""
+    available = sorted(r["seed"] for r in manifest["runs"])
+    if seeds is not None and not set(seeds) <= set(available):
+        raise ConfigError(f"seeds={seeds} is not allowed: {folder} holds seeds {available}")
+    return seeds if seeds is not None else available
 
 
 def check_scale_and_recompute(scale: Any, recompute: Any) -> None:
@@ -343,13 +342,7 @@ def table_set(name: str, scale: str, recompute: bool,
     are written to a staging folder with a manifest (checksums, package versions) that then
     replaces the data set in renames only. The folder is verified against its manifest on load.
     """
-    from devrl.runs import (
-        atomic_write_parquet,
-        package_versions,
-        replace_dir,
-        verify_manifest,
-        write_manifest,
-    )
+    from devrl.runs import atomic_write_parquet, package_versions, replace_dir, write_manifest
 
     check_scale_and_recompute(scale, recompute)
     folder = data_root() / f"{name}-{scale}"
@@ -366,13 +359,7 @@ def table_set(name: str, scale: str, recompute: bool,
         write_manifest(staging, {**extra, "scale": scale, "tables": sorted(tables),
                                  "versions": package_versions()})
         replace_dir(staging, folder)
-    if not (folder / "manifest.json").exists():
-        raise ConfigError(f"scale={scale!r} with recompute=False is not allowed here: {folder} "
-                          "holds no data set; pass recompute=True to make it")
-    problems = verify_manifest(folder)
-    if problems:
-        raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = open_data_set(folder, scale)
     return ({t: pd.read_parquet(folder / f"{t}.parquet") for t in manifest["tables"]},
             manifest)
 
