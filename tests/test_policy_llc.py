@@ -198,3 +198,17 @@ def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(pd.read_parquet(again / "llc.parquet"), table)
     with pytest.raises(ConfigError, match="scale='huge' is not allowed"):
         export_llc([run], tmp_path / "x", "huge")
+
+
+def test_log_spaced_picks_exactly_count_checkpoints_with_both_ends():
+    from devrl.policy_llc import log_spaced
+
+    updates = [1, 2, 3, 5, 7, 11, 16, 32, 48, 64, 128, 256, 488]
+    for count in (1, 2, 3, 5, 12):
+        picked = log_spaced(updates, count)
+        assert len(picked) == count and len(set(picked)) == count
+        assert set(picked) <= set(updates)
+        if count > 1:
+            assert picked[0] == 1 and picked[-1] == 488
+    assert log_spaced(updates, 3) == [1, 16, 488]  # √488 ≈ 22: 16 is nearest on a log scale
+    assert log_spaced(updates, 20) == updates

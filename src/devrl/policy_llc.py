@@ -42,7 +42,6 @@ import pandas as pd
 from devrl.behaviour import load_config, run_dirs_under
 from devrl.config import SCALES, ConfigError, TrainConfig
 from devrl.envs import ACTION_NAMES, CONTEXTS
-from devrl.export import pick_checkpoints
 from devrl.llc import LLCDivergenceError, LLCResult, estimate_llc, restrict_data
 from devrl.networks import initial_hidden
 from devrl.ppo import make_network
@@ -300,6 +299,18 @@ def _key(update: int, index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(LLC_SEED), update), index)
 
 
+def log_spaced(updates: list[int], count: int) -> list[int]:
+    """`count` of the (positive) `updates`, spread log-evenly, first and last included."""
+    if count >= len(updates):
+        return list(updates)
+    positive = np.asarray(updates, float)
+    chosen: list[int] = []
+    for target in np.geomspace(positive[0], positive[-1], count):
+        free = [u for u in updates if u not in chosen]
+        chosen.append(min(free, key=lambda u: abs(math.log(u) - math.log(target))))
+    return sorted(chosen)
+
+
 def trained_updates(checkpoints: list[tuple[int, Path]]) -> list[int]:
     """The checkpoints after at least one update: the ones LLCs are estimated (and calibrated) at.
 
@@ -321,7 +332,7 @@ def calibrate(run_dir: Path, settings: PolicyLLCSettings, progress: Callable[[st
     probe = _load_probe(run_dir)
     checkpoints = list_checkpoints(run_dir)
     paths = dict(checkpoints)
-    chosen = pick_checkpoints(trained_updates(checkpoints), settings.calibration_checkpoints)
+    chosen = log_spaced(trained_updates(checkpoints), settings.calibration_checkpoints)
     folder = run_dir / "llc" / "calibration"
     rows = []
     for update in chosen:
@@ -358,24 +369,28 @@ def estimate_run(run_dir: Path, settings: PolicyLLCSettings, step_size: float,
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise ConfigError(f"run={str(run_dir)!r} is not allowed: it has no checkpoints yet")
-    estimated = pick_checkpoints(trained_updates(checkpoints), settings.llc_checkpoints)
-    detail = set(pick_checkpoints(estimated, settings.detail_checkpoints))
+    estimated = log_spaced(trained_updates(checkpoints), settings.llc_checkpoints)
+    detail = set(log_spaced(estimated, settings.detail_checkpoints))
     folder = run_dir / "llc" / settings_hash(settings, step_size)
     tables, logprobs = [], []
     for update, path in checkpoints:
         part = folder / f"llc_{update:06d}.parquet"
         outputs = folder / f"logprobs_{update:06d}.npz"
-        if not (part.exists() and outputs.exists()):
+        actor = actor_params(load_params(path))
+        if update in detail:
+            todo = variants(config, actor)
+        elif update in estimated:
+            todo = [("all", "all")]
+        else:
+            todo = []
+        # A finished part counts only if it holds exactly the estimates wanted here.
+        done = (part.exists() and outputs.exists()
+                and list(pd.read_parquet(part, columns=["kind", "target"]).itertuples(
+                    index=False, name=None)) == todo)
+        if not done:
             progress(f"llc {run_dir.name} update {update}")
-            actor = actor_params(load_params(path))
             atomic_write_npz(outputs, {"logprobs": log_probs(config, actor, probe)
                                        .astype(np.float16)})
-            if update in detail:
-                todo = variants(config, actor)
-            elif update in estimated:
-                todo = [("all", "all")]
-            else:
-                todo = []
             data = distillation_data(config, actor, probe) if todo else None
             rows = []
             for index, (kind, target) in enumerate(todo):
