@@ -90,7 +90,7 @@ def test_recurrent_policies_distil_on_observation_windows():
 def test_variants_restrict_weights_and_data():
     actor, probe = _problem()
     data = distillation_data(CONFIG, actor, probe)
-    kinds = variants(CONFIG, actor)
+    kinds = variants(actor)
     assert kinds[0] == ("all", "all")
     assert [t for k, t in kinds if k == "layer"] == ["actor_0", "actor_1", "actor_out"]
     assert [t for k, t in kinds if k == "context"] == list(CONTEXTS)

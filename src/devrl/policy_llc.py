@@ -192,7 +192,7 @@ def log_probs(config: TrainConfig, actor: Any, probe: dict) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- the variants
-def variants(config: TrainConfig, actor: Any) -> list[tuple[str, str]]:
+def variants(actor: Any) -> list[tuple[str, str]]:
     """(kind, target) of every estimate at a detail checkpoint: all, each layer, each context."""
     layers = [("layer", name) for name in actor["params"]]
     return [("all", "all"), *layers, *(("context", name) for name in CONTEXTS)]
@@ -378,7 +378,7 @@ def estimate_run(run_dir: Path, settings: PolicyLLCSettings, step_size: float,
         outputs = folder / f"logprobs_{update:06d}.npz"
         actor = actor_params(load_params(path))
         if update in detail:
-            todo = variants(config, actor)
+            todo = variants(actor)
         elif update in estimated:
             todo = [("all", "all")]
         else:
