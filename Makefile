@@ -54,7 +54,7 @@ browser:
 ## Run every test: unit tests, smoke-scale training, notebooks under papermill, the book build
 ## and the offline browser check.
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 ## Unit tests only (no training, no book).
 test-fast: setup

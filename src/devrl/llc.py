@@ -315,16 +315,24 @@ def _fmix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
-def _hash_uniform(key: jax.Array, size: int, offset: int = 0) -> jax.Array:
+def _hash_words(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The two words of `key` that key `_hash_uniform` (one threefry call per key)."""
+    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    return k0, k1
+
+
+def _hash_uniform(key: jax.Array | tuple[jax.Array, jax.Array], size: int, offset: int = 0
+                  ) -> jax.Array:
     """`size` uniforms in (0, 1), a counter-based hash of their index keyed by two words of `key`.
 
     u = ((fmix32(fmix32(index ^ k0) + k1) >> 9) + 1/2) / 2^23, on a grid of 2^-23 (exact in
     float32, never 0 or 1). Drawing 10^6 normals with `jax.random.normal` (threefry) took ~75 ms
     on this CPU, more than a gradient of a width-512 policy on a minibatch, and the threefry
     minibatch indices of a small model took a fifth of its step; this is ~6x (normals) to ~30x
-    (indices) cheaper. The known-answer tests validate the sampler with it.
+    (indices) cheaper. The known-answer tests validate the sampler with it. `key` may also be
+    the words `_hash_words(key)` themselves.
     """
-    k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
+    k0, k1 = key if isinstance(key, tuple) else _hash_words(key)
     index = jax.lax.iota(jnp.uint32, size) + jnp.uint32(offset)
     bits = _fmix32(_fmix32(index ^ k0) + k1)
     return ((bits >> 9).astype(jnp.float32) + 0.5) * (1.0 / (1 << 23))
@@ -333,20 +341,24 @@ def _hash_uniform(key: jax.Array, size: int, offset: int = 0) -> jax.Array:
 def _normal_like(key: jax.Array, tree: PyTree, sampled: tuple[bool, ...]) -> PyTree:
     """Standard normal noise shaped like `tree`, exact zeros at the leaves not `sampled`.
 
-    z = √2 erfinv(2u − 1) of `_hash_uniform` draws (|z| < 5.3), one counter range per leaf.
+    z = √2 erfinv(2u − 1) of `_hash_uniform` draws (|z| < 5.3), one counter range per leaf, in
+    leaf order: drawn as one vector over all sampled leaves (one key expansion, one erfinv) and
+    split, which gives the same numbers as drawing leaf by leaf.
     """
     leaves, treedef = jax.tree_util.tree_flatten(tree)
+    sizes = [int(np.prod(jnp.shape(leaf), dtype=np.int64)) for leaf in leaves]
+    total = sum(size for size, active in zip(sizes, sampled, strict=True) if active)
+    if total >= 1 << 32:
+        raise ValueError(f"{total} sampled weights is not allowed: at most 2^32 - 1")
+    z = jnp.sqrt(2.0) * jax.lax.erf_inv(2.0 * _hash_uniform(key, total) - 1.0) if total else None
     noise, offset = [], 0
-    for leaf, active in zip(leaves, sampled, strict=True):
-        size = int(np.prod(jnp.shape(leaf), dtype=np.int64))
+    for leaf, size, active in zip(leaves, sizes, sampled, strict=True):
         if not active:
             noise.append(jnp.zeros_like(leaf))
             continue
-        z = jnp.sqrt(2.0) * jax.lax.erf_inv(2.0 * _hash_uniform(key, size, offset) - 1.0)
-        noise.append(z.reshape(jnp.shape(leaf)).astype(jnp.result_type(leaf)))
+        noise.append(z[offset:offset + size].reshape(jnp.shape(leaf)).astype(
+            jnp.result_type(leaf)))
         offset += size
-    if offset >= 1 << 32:
-        raise ValueError(f"{offset} sampled weights is not allowed: at most 2^32 - 1")
     return jax.tree_util.tree_unflatten(treedef, noise)
 
 
@@ -386,22 +398,27 @@ class _Hyper(NamedTuple):
     rmsprop_eps: float
 
 
-def _sample(loss_fn: LossFn, layout: LLCSettings, sampled: tuple[bool, ...], hyper: _Hyper,
-            w_star: PyTree, mask: PyTree, data: PyTree, init_loss: jax.Array, key: jax.Array
+def _sample(loss_fn: LossFn, layout: LLCSettings, sampled: tuple[bool, ...],
+            full: tuple[bool, ...], hyper: _Hyper, w_star: PyTree, mask: PyTree, data: PyTree, init_loss: jax.Array, key: jax.Array
             ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """All chains from w*: [draws, chains] draw losses and ‖w − w*‖, and the MALA acceptances.
 
     Steps are scanned over, chains vmapped within each step; the acceptance is computed on every
     `mala_every`-th draw step only (zero elsewhere), under a real (unbatched) conditional.
     `sampled[i]` is false for parameter leaves that the mask freezes entirely: no noise is drawn
-    for them.
+    for them; `full[i]` is true for leaves it samples entirely: they are never masked.
     """
     s, h = layout, hyper
     tree_map = jax.tree_util.tree_map
     value_and_grad = jax.value_and_grad(loss_fn)
 
     def masked(tree):
-        return tree_map(lambda m, x: jnp.where(m, x, jnp.zeros_like(x)), mask, tree)
+        """Zero outside the mask; leaves the mask covers entirely are passed through."""
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        masks = jax.tree_util.tree_leaves(mask)
+        return jax.tree_util.tree_unflatten(treedef, [
+            x if whole else jnp.where(m, x, jnp.zeros_like(x))
+            for m, x, whole in zip(masks, leaves, full, strict=True)])
 
     def minibatch(batch_key):
         if s.batch_size >= s.num_data:
@@ -418,10 +435,13 @@ def _sample(loss_fn: LossFn, layout: LLCSettings, sampled: tuple[bool, ...], hyp
         value = h.nbeta * loss + 0.5 * h.localization * _sum_leaves(tree_map(jnp.square, offset))
         return value, grad_potential, masked(grad), loss, offset
 
-    def move(state, step_key):
-        """One (preconditioned) SGLD step of one chain, and what its draw and MALA check need."""
+    def move(state, step_words):
+        """One (preconditioned) SGLD step of one chain, and what its draw and MALA check need.
+
+        `step_words`: the hash words of the step's minibatch key and of its noise key.
+        """
         w, second_moment, t = state
-        batch_key, noise_key = jax.random.split(step_key)
+        batch_key, noise_key = step_words
         value, grad_potential, grad, loss, offset = potential(w, minibatch(batch_key))
         if s.sampler == "rmsprop_sgld":
             second_moment = tree_map(
@@ -469,11 +489,17 @@ def _sample(loss_fn: LossFn, layout: LLCSettings, sampled: tuple[bool, ...], hyp
     chains = s.num_chains
     step_keys = jax.vmap(lambda k: jax.random.split(k, s.num_steps), out_axes=1)(
         jax.random.split(key, chains))  # [steps, chains]
+    # Each step's (minibatch, noise) key pair, expanded into hash words for all steps at once
+    # (vectorised threefry before the loop rather than three small calls inside every step).
+    pairs = jax.vmap(jax.vmap(jax.random.split))(step_keys)  # [steps, chains, 2]
+    step_keys = (jax.vmap(jax.vmap(_hash_words))(pairs[:, :, 0]),
+                 jax.vmap(jax.vmap(_hash_words))(pairs[:, :, 1]))
     starts = tree_map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), w_star)
     states = (starts, tree_map(jnp.zeros_like, starts), jnp.zeros(chains, jnp.int32))
-    states, _ = jax.lax.scan(burn_in, states, step_keys[:s.num_burnin])
-    _, draws = jax.lax.scan(sample, states,
-                            (step_keys[s.num_burnin:], jnp.arange(s.num_draws)))
+    head = jax.tree_util.tree_map(lambda x: x[:s.num_burnin], step_keys)
+    tail = jax.tree_util.tree_map(lambda x: x[s.num_burnin:], step_keys)
+    states, _ = jax.lax.scan(burn_in, states, head)
+    _, draws = jax.lax.scan(sample, states, (tail, jnp.arange(s.num_draws)))
     return draws
 
 
@@ -487,15 +513,17 @@ def _run_chains(loss_fn: LossFn, settings: LLCSettings, w_star: PyTree, mask: Py
     hyper = _Hyper(settings.step_size, settings.nbeta, settings.localization,
                    settings.rmsprop_decay, settings.rmsprop_eps)
     layout = dataclasses.replace(settings, **dict.fromkeys(_Hyper._fields, 0.0))
-    sampled = tuple(bool(np.any(leaf)) for leaf in jax.tree_util.tree_leaves(mask))
-    return _run_compiled(loss_fn, layout, sampled, hyper, w_star, mask, data, key)
+    leaves = jax.tree_util.tree_leaves(mask)
+    sampled = tuple(bool(np.any(leaf)) for leaf in leaves)
+    full = tuple(bool(np.all(leaf)) for leaf in leaves)
+    return _run_compiled(loss_fn, layout, sampled, full, hyper, w_star, mask, data, key)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "layout", "sampled"))
+@functools.partial(jax.jit, static_argnames=("loss_fn", "layout", "sampled", "full"))
 def _run_compiled(loss_fn: LossFn, layout: LLCSettings, sampled: tuple[bool, ...],
-                  hyper: _Hyper, w_star: PyTree, mask: PyTree, data: PyTree, key: jax.Array
+                  full: tuple[bool, ...], hyper: _Hyper, w_star: PyTree, mask: PyTree, data: PyTree, key: jax.Array
                   ) -> tuple[jax.Array, ...]:
     init_loss = full_loss(loss_fn, w_star, data, layout.eval_batch_size)
-    losses, distances, acceptance = _sample(loss_fn, layout, sampled, hyper, w_star, mask, data,
-                                            init_loss, key)
+    losses, distances, acceptance = _sample(loss_fn, layout, sampled, full, hyper, w_star, mask,
+                                            data, init_loss, key)
     return init_loss, losses.T, distances.T, acceptance[::layout.mala_every].T
