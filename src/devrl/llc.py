@@ -398,27 +398,28 @@ class _Hyper(NamedTuple):
     rmsprop_eps: float
 
 
-def _sample(loss_fn: LossFn, layout: LLCSettings, sampled: tuple[bool, ...],
-            full: tuple[bool, ...], hyper: _Hyper, w_star: PyTree, mask: PyTree, data: PyTree, init_loss: jax.Array, key: jax.Array
+def _sample(loss_fn: LossFn, layout: LLCSettings, coverage: tuple[str, ...], hyper: _Hyper,
+            w_star: PyTree, mask: PyTree, data: PyTree, init_loss: jax.Array, key: jax.Array
             ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """All chains from w*: [draws, chains] draw losses and ‖w − w*‖, and the MALA acceptances.
 
     Steps are scanned over, chains vmapped within each step; the acceptance is computed on every
     `mala_every`-th draw step only (zero elsewhere), under a real (unbatched) conditional.
-    `sampled[i]` is false for parameter leaves that the mask freezes entirely: no noise is drawn
-    for them; `full[i]` is true for leaves it samples entirely: they are never masked.
+    `coverage[i]` says how much of parameter leaf i the mask samples: "none" (no noise is drawn
+    for it), "some" (masked elementwise) or "all" (never masked).
     """
     s, h = layout, hyper
     tree_map = jax.tree_util.tree_map
     value_and_grad = jax.value_and_grad(loss_fn)
+    sampled = tuple(covered != "none" for covered in coverage)
 
     def masked(tree):
         """Zero outside the mask; leaves the mask covers entirely are passed through."""
         leaves, treedef = jax.tree_util.tree_flatten(tree)
         masks = jax.tree_util.tree_leaves(mask)
         return jax.tree_util.tree_unflatten(treedef, [
-            x if whole else jnp.where(m, x, jnp.zeros_like(x))
-            for m, x, whole in zip(masks, leaves, full, strict=True)])
+            x if covered == "all" else jnp.where(m, x, jnp.zeros_like(x))
+            for m, x, covered in zip(masks, leaves, coverage, strict=True)])
 
     def minibatch(batch_key):
         if s.batch_size >= s.num_data:
@@ -492,12 +493,12 @@ def _sample(loss_fn: LossFn, layout: LLCSettings, sampled: tuple[bool, ...],
     # Each step's (minibatch, noise) key pair, expanded into hash words for all steps at once
     # (vectorised threefry before the loop rather than three small calls inside every step).
     pairs = jax.vmap(jax.vmap(jax.random.split))(step_keys)  # [steps, chains, 2]
-    step_keys = (jax.vmap(jax.vmap(_hash_words))(pairs[:, :, 0]),
-                 jax.vmap(jax.vmap(_hash_words))(pairs[:, :, 1]))
+    step_words = (jax.vmap(jax.vmap(_hash_words))(pairs[:, :, 0]),
+                  jax.vmap(jax.vmap(_hash_words))(pairs[:, :, 1]))
     starts = tree_map(lambda x: jnp.broadcast_to(x, (chains, *jnp.shape(x))), w_star)
     states = (starts, tree_map(jnp.zeros_like, starts), jnp.zeros(chains, jnp.int32))
-    head = jax.tree_util.tree_map(lambda x: x[:s.num_burnin], step_keys)
-    tail = jax.tree_util.tree_map(lambda x: x[s.num_burnin:], step_keys)
+    head = jax.tree_util.tree_map(lambda x: x[:s.num_burnin], step_words)
+    tail = jax.tree_util.tree_map(lambda x: x[s.num_burnin:], step_words)
     states, _ = jax.lax.scan(burn_in, states, head)
     _, draws = jax.lax.scan(sample, states, (tail, jnp.arange(s.num_draws)))
     return draws
@@ -513,17 +514,16 @@ def _run_chains(loss_fn: LossFn, settings: LLCSettings, w_star: PyTree, mask: Py
     hyper = _Hyper(settings.step_size, settings.nbeta, settings.localization,
                    settings.rmsprop_decay, settings.rmsprop_eps)
     layout = dataclasses.replace(settings, **dict.fromkeys(_Hyper._fields, 0.0))
-    leaves = jax.tree_util.tree_leaves(mask)
-    sampled = tuple(bool(np.any(leaf)) for leaf in leaves)
-    full = tuple(bool(np.all(leaf)) for leaf in leaves)
-    return _run_compiled(loss_fn, layout, sampled, full, hyper, w_star, mask, data, key)
+    coverage = tuple("all" if np.all(leaf) else "some" if np.any(leaf) else "none"
+                     for leaf in jax.tree_util.tree_leaves(mask))
+    return _run_compiled(loss_fn, layout, coverage, hyper, w_star, mask, data, key)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "layout", "sampled", "full"))
-def _run_compiled(loss_fn: LossFn, layout: LLCSettings, sampled: tuple[bool, ...],
-                  full: tuple[bool, ...], hyper: _Hyper, w_star: PyTree, mask: PyTree, data: PyTree, key: jax.Array
+@functools.partial(jax.jit, static_argnames=("loss_fn", "layout", "coverage"))
+def _run_compiled(loss_fn: LossFn, layout: LLCSettings, coverage: tuple[str, ...],
+                  hyper: _Hyper, w_star: PyTree, mask: PyTree, data: PyTree, key: jax.Array
                   ) -> tuple[jax.Array, ...]:
     init_loss = full_loss(loss_fn, w_star, data, layout.eval_batch_size)
-    losses, distances, acceptance = _sample(loss_fn, layout, sampled, full, hyper, w_star, mask,
-                                            data, init_loss, key)
+    losses, distances, acceptance = _sample(loss_fn, layout, coverage, hyper, w_star, mask, data,
+                                            init_loss, key)
     return init_loss, losses.T, distances.T, acceptance[::layout.mala_every].T
