@@ -15,10 +15,12 @@ import pytest
 from devrl.config import ConfigError, TrainConfig
 from devrl.envs import ACTION_NAMES, CONTEXTS
 from devrl.policy_llc import (
+    CHECK_STEPS_FACTOR,
     LLC_SETTINGS,
     MAX_DRIFT,
     MIN_ACCEPTANCE,
     actor_params,
+    check_step_size,
     choose_step_size,
     distillation_data,
     estimate_variant,
@@ -159,6 +161,13 @@ def test_drift_is_zero_for_a_level_trace_and_positive_for_a_climbing_one():
     assert trace_drift(climbing) > 0.5
 
 
+def test_check_step_size_is_the_next_smaller_of_the_grid():
+    settings = LLC_SETTINGS["cpu"]
+    assert check_step_size(settings, 1e-4) == 3e-5
+    assert check_step_size(settings, 3e-5) == 1e-5
+    assert check_step_size(settings, 1e-5) == 1e-5  # nothing smaller: the chosen step itself
+
+
 def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
     """A fake run directory (probe set, three checkpoints), estimated and exported twice."""
     from devrl.policy_llc import export_llc
@@ -185,6 +194,11 @@ def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
     assert verify_manifest(out) == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["step_size"] in SETTINGS.calibration_step_sizes
+    check = pd.read_parquet(out / "check.parquet")  # longer chains at the next smaller step
+    assert list(check["update"]) == [1, 4]
+    assert (check["num_steps"] == SETTINGS.num_steps * CHECK_STEPS_FACTOR).all()
+    assert (check["step_size"] == check_step_size(SETTINGS, manifest["step_size"])).all()
+    assert manifest["convergence_check"]["step_size"] == check["step_size"].iloc[0]
     table = pd.read_parquet(out / "llc.parquet")
     assert sorted(table["update"].unique()) == [1, 4]  # not the initial checkpoint
     assert set(table["kind"]) == {"all", "layer", "context"}
@@ -194,7 +208,7 @@ def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
     # A rerun reuses every part: no estimate runs again, and the result is the same.
     messages.clear()
     again = export_llc([run], tmp_path / "llc-smoke", "smoke", progress=messages.append)
-    assert not [m for m in messages if m.startswith(("llc", "calibration seed"))]
+    assert not [m for m in messages if m.startswith(("llc", "calibration seed", "check"))]
     pd.testing.assert_frame_equal(pd.read_parquet(again / "llc.parquet"), table)
     with pytest.raises(ConfigError, match="scale='huge' is not allowed"):
         export_llc([run], tmp_path / "x", "huge")

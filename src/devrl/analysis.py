@@ -259,6 +259,7 @@ class LLCData:
     path: Path
     manifest: dict[str, Any]
     calibration: pd.DataFrame  # one row per (calibration checkpoint, nβ factor, step size)
+    check: pd.DataFrame  # convergence check: one row per calibration checkpoint
     llc: pd.DataFrame  # one row per (seed, checkpoint, variant kind, target)
     logprobs: dict[int, dict[str, np.ndarray]]  # per seed: updates, env_steps, logprobs, context
 
@@ -301,6 +302,7 @@ def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
             logprobs[seed] = {k: data[k] for k in data.files}
     return LLCData(scale=scale, seeds=chosen, path=folder, manifest=manifest,
                    calibration=pd.read_parquet(folder / "calibration.parquet"),
+                   check=pd.read_parquet(folder / "check.parquet"),
                    llc=table[table["seed"].isin(chosen)].reset_index(drop=True),
                    logprobs=logprobs)
 

@@ -4,21 +4,25 @@ The loss at a checkpoint w* is self-distillation on the run's fixed probe set of
 (book/theory-slt.md): L_n(w) = mean_i CE(π_w*(·|s_i), π_w(·|s_i)), minimised exactly at w*. Only
 the actor (and the memory core, if any) is sampled; the critic does not enter the loss.
 
-For a set of runs, `devrl llc` does three things, each resumable (finished parts are kept):
+For a set of runs, `devrl llc` does four things, each resumable (finished parts are kept):
 
 1. **Calibration** on the first run: a sweep over step sizes ε and nβ (as multiples of the default
    n / log n) at a few checkpoints, with every other setting fixed. `choose_step_size` applies the
    rule documented there and fixes ε for every checkpoint of every run.
-2. **Estimates** at a log-spaced subset of each run's checkpoints after the initial one
-   (`llc_checkpoints`, the first and last of them included): the LLC of the whole actor ("all"); at a smaller subset of those
-   (`detail_checkpoints`) also each layer alone (weight-restricted) and each plant context alone
-   (data-restricted). Parts go to RUN/llc/<settings hash>/, so estimates made with
-   other settings are never mixed in.
-3. The **probe outputs** of every checkpoint (all of them, as they are cheap) (action log-probabilities on the probe set), the input
-   of essential dynamics (`devrl.dynamics`).
+2. A **convergence check** on the first run (`convergence_check`): at the calibration checkpoints,
+   the whole actor again at the next smaller step size with chains `CHECK_STEPS_FACTOR` times
+   longer, to compare with the chosen step's estimates.
+3. **Estimates** at a log-spaced subset of each run's checkpoints after the initial one
+   (`llc_checkpoints`, the first and last of them included): the LLC of the whole actor ("all");
+   at a smaller subset of those (`detail_checkpoints`) also each layer alone (weight-restricted)
+   and each plant context alone (data-restricted). Parts go to RUN/llc/<settings hash>/, so
+   estimates made with other settings are never mixed in.
+4. The **probe outputs** of every checkpoint (action log-probabilities on the probe set; all
+   checkpoints, as they are cheap), the input of essential dynamics (`devrl.dynamics`).
 
-`export_llc` gathers them into `data/llc-<scale>/`: calibration.parquet, llc.parquet,
-logprobs/seed_N.npz and a manifest that records the sampler settings and the calibration.
+`export_llc` gathers them into `data/llc-<scale>/`: calibration.parquet, check.parquet,
+llc.parquet, logprobs/seed_N.npz and a manifest that records the sampler settings, the
+calibration and the check.
 """
 
 from __future__ import annotations
@@ -126,6 +130,13 @@ LLC_SETTINGS: dict[str, PolicyLLCSettings] = {
 MIN_ACCEPTANCE = 0.5
 MAX_DRIFT = 0.1
 MAX_FRAC_BELOW = 0.05
+
+# The convergence check after calibration: at the calibration checkpoints, the whole actor again
+# at the next smaller step size of the grid (the chosen one if none is smaller), with chains this
+# many times longer (burn-in scaled alike). The smaller step moves ~1/3 as far per step, so 4x the
+# steps is more than the distance the chosen step covers: if λ̂ is a property of the checkpoint
+# rather than of a chain that has not settled, the two should agree.
+CHECK_STEPS_FACTOR = 4
 
 
 # ------------------------------------------------------------------------------ the policy loss
@@ -360,6 +371,46 @@ def calibrate(run_dir: Path, settings: PolicyLLCSettings, progress: Callable[[st
     return pd.DataFrame(rows)
 
 
+def check_step_size(settings: PolicyLLCSettings, step_size: float) -> float:
+    """The step size of the convergence check: the grid's next smaller one, else `step_size`."""
+    smaller = [e for e in settings.calibration_step_sizes if e < step_size]
+    return max(smaller) if smaller else step_size
+
+
+def convergence_check(run_dir: Path, settings: PolicyLLCSettings, step_size: float,
+                      progress: Callable[[str], None] = print) -> pd.DataFrame:
+    """Whole-actor λ̂ at the calibration checkpoints with the check's smaller step and longer
+    chains (one row per checkpoint); resumable parts under RUN/llc/check/."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    probe = _load_probe(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    paths = dict(checkpoints)
+    check = check_step_size(settings, step_size)
+    long = dataclasses.replace(settings, num_steps=settings.num_steps * CHECK_STEPS_FACTOR,
+                               num_burnin=settings.num_burnin * CHECK_STEPS_FACTOR)
+    rows = []
+    for update in log_spaced(trained_updates(checkpoints), settings.calibration_checkpoints):
+        part = (run_dir / "llc" / "check"
+                / f"check_{update:06d}_{check:g}_{settings_hash(long, check)}.json")
+        if not part.exists():
+            progress(f"check {run_dir.name} update {update} ε={check:g} "
+                     f"{long.num_steps} steps")
+            actor = actor_params(load_params(paths[update]))
+            data = distillation_data(config, actor, probe)
+            n = int(data["obs"].shape[0])
+            try:
+                row = result_row(estimate_variant(config, actor, data, probe["context"], "all",
+                                                  "all", check, long, _key(update, 0)))
+            except LLCDivergenceError:
+                row = _diverged_row(check, settings.nbeta_factor * n / math.log(n), n)
+            atomic_write_json(part, row)
+        rows.append({"seed": config.seed, "update": update,
+                     "env_steps": update * config.steps_per_update,
+                     "num_steps": long.num_steps, **json.loads(part.read_text())})
+    return pd.DataFrame(rows)
+
+
 def estimate_run(run_dir: Path, settings: PolicyLLCSettings, step_size: float,
                  progress: Callable[[str], None] = print) -> tuple[pd.DataFrame, dict]:
     """Every checkpoint's LLC estimates and probe log-probabilities; finished parts are reused."""
@@ -439,6 +490,7 @@ def export_llc(sources: list[Path], out: Path, scale: str,
                  f"using the smallest, {step_size:g} (recorded in the manifest)")
     sweep = sweep.merge(judged[["update", "nbeta_factor", "step_size", "stable"]],
                         on=["update", "nbeta_factor", "step_size"], how="left")
+    check = convergence_check(run_dirs[0], settings, step_size, progress)
     out = Path(out)
     staging = out.with_name(f".{out.name}.staging")
     if staging.exists():
@@ -456,16 +508,20 @@ def export_llc(sources: list[Path], out: Path, scale: str,
                      "git_commit": manifest["git_commit"], "complete": manifest["complete"],
                      "updates_done": manifest["updates_done"]})
     atomic_write_parquet(staging / "calibration.parquet", sweep)
+    atomic_write_parquet(staging / "check.parquet", check)
     atomic_write_parquet(staging / "llc.parquet", pd.concat(tables, ignore_index=True))
     write_manifest(staging, {
         "what": f"{scale}-scale policy LLC (self-distillation on the probe set) at every "
                 "checkpoint, per layer and per context at detail checkpoints; the calibration "
-                "sweep; each checkpoint's action log-probabilities on the probe set (float16)",
+                "sweep and its convergence check (longer chains at a smaller step); each "
+                "checkpoint's action log-probabilities on the probe set (float16)",
         "made_by": f"devrl llc --scale {scale}",
         "scale": scale, "settings": dataclasses.asdict(settings), "step_size": step_size,
         "calibrated_on_seed": int(sweep["seed"].iloc[0]), "calibration_passed": passed,
         "calibration_rule": {"min_acceptance": MIN_ACCEPTANCE, "max_drift": MAX_DRIFT,
                              "max_frac_below_init": MAX_FRAC_BELOW},
+        "convergence_check": {"step_size": check_step_size(settings, step_size),
+                              "steps_factor": CHECK_STEPS_FACTOR},
         "llc_seed": LLC_SEED, "actions": list(ACTION_NAMES), "contexts": list(CONTEXTS),
         "runs": runs})
     return replace_dir(staging, out)
