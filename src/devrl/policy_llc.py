@@ -335,6 +335,36 @@ def trained_updates(checkpoints: list[tuple[int, Path]]) -> list[int]:
     return updates
 
 
+def _whole_actor_part(part: Path, checkpoint: Callable[[], tuple[Any, dict]],
+                      config: TrainConfig, contexts: np.ndarray, step_size: float,
+                      settings: PolicyLLCSettings, key: jax.Array,
+                      nbeta_factor: float | None = None) -> dict[str, Any]:
+    """The row of a whole-actor estimate kept in the JSON file `part`, estimated first if the
+    file is missing (a diverging chain gives a row marked `diverged`). `checkpoint()` returns
+    (actor, distillation data); it is called only when an estimate is needed."""
+    if not part.exists():
+        actor, data = checkpoint()
+        n = int(data["obs"].shape[0])
+        factor = settings.nbeta_factor if nbeta_factor is None else nbeta_factor
+        try:
+            row = result_row(estimate_variant(config, actor, data, contexts, "all", "all",
+                                              step_size, settings, key, nbeta_factor=factor))
+        except LLCDivergenceError:
+            row = _diverged_row(step_size, factor * n / math.log(n), n)
+        atomic_write_json(part, row)
+    return json.loads(part.read_text())
+
+
+def _checkpoint_loader(config: TrainConfig, path: Path, probe: dict
+                       ) -> Callable[[], tuple[Any, dict]]:
+    """(actor, distillation data) of the checkpoint at `path`, loaded once on first call."""
+    @functools.cache
+    def load() -> tuple[Any, dict]:
+        actor = actor_params(load_params(path))
+        return actor, distillation_data(config, actor, probe)
+    return load
+
+
 def calibrate(run_dir: Path, settings: PolicyLLCSettings, progress: Callable[[str], None] = print
               ) -> pd.DataFrame:
     """The sweep table of `run_dir` (one row per checkpoint, nβ factor and ε); resumable."""
@@ -347,8 +377,7 @@ def calibrate(run_dir: Path, settings: PolicyLLCSettings, progress: Callable[[st
     folder = run_dir / "llc" / "calibration"
     rows = []
     for update in chosen:
-        actor = actor_params(load_params(paths[update]))
-        data = distillation_data(config, actor, probe)
+        checkpoint = _checkpoint_loader(config, paths[update], probe)
         for factor in settings.calibration_nbeta_factors:
             for index, step_size in enumerate(settings.calibration_step_sizes):
                 name = f"cal_{update:06d}_{factor:g}_{step_size:g}_{settings_hash(settings, 0)}"
@@ -356,15 +385,8 @@ def calibrate(run_dir: Path, settings: PolicyLLCSettings, progress: Callable[[st
                 if not part.exists():
                     progress(f"calibration {run_dir.name} update {update} nβ×{factor:g} "
                              f"ε={step_size:g}")
-                    n = int(data["obs"].shape[0])
-                    try:
-                        row = result_row(estimate_variant(
-                            config, actor, data, probe["context"], "all", "all", step_size,
-                            settings, _key(update, index), nbeta_factor=factor))
-                    except LLCDivergenceError:
-                        row = _diverged_row(step_size, factor * n / math.log(n), n)
-                    atomic_write_json(part, row)
-                row = json.loads(part.read_text())
+                row = _whole_actor_part(part, checkpoint, config, probe["context"], step_size,
+                                        settings, _key(update, index), nbeta_factor=factor)
                 rows.append({"seed": config.seed, "update": update,
                              "env_steps": update * config.steps_per_update,
                              "nbeta_factor": factor, **row, "step_size": step_size})
@@ -396,18 +418,11 @@ def convergence_check(run_dir: Path, settings: PolicyLLCSettings, step_size: flo
         if not part.exists():
             progress(f"check {run_dir.name} update {update} ε={check:g} "
                      f"{long.num_steps} steps")
-            actor = actor_params(load_params(paths[update]))
-            data = distillation_data(config, actor, probe)
-            n = int(data["obs"].shape[0])
-            try:
-                row = result_row(estimate_variant(config, actor, data, probe["context"], "all",
-                                                  "all", check, long, _key(update, 0)))
-            except LLCDivergenceError:
-                row = _diverged_row(check, settings.nbeta_factor * n / math.log(n), n)
-            atomic_write_json(part, row)
+        row = _whole_actor_part(part, _checkpoint_loader(config, paths[update], probe), config,
+                                probe["context"], check, long, _key(update, 0))
         rows.append({"seed": config.seed, "update": update,
                      "env_steps": update * config.steps_per_update,
-                     "num_steps": long.num_steps, **json.loads(part.read_text())})
+                     "num_steps": long.num_steps, **row})
     return pd.DataFrame(rows)
 
 
