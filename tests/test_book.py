@@ -26,7 +26,9 @@ CRAFTAX_NOTEBOOKS = ["training-curves", "plant-overshoot", "plant-context"]
 LLC_NOTEBOOKS = ["llc-validation", "policy-llc", "llc-by-layer", "llc-by-context",
                  "essential-dynamics"]
 TOY_NOTEBOOKS = ["toy-plant-overshoot", "toy-plant-fit", "toy-lagoon", "toy-fork"]
-NOTEBOOKS = CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS  # every notebook, published or not
+REGIME_NOTEBOOKS = ["llc-regime"]
+# every notebook, published or not (the regime study reads the policy-LLC data, so it comes after)
+NOTEBOOKS = CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
 # it once its cpu-scale data is committed; `only_build_toc_files` leaves the others out).
@@ -113,6 +115,10 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
         llc_manifest = json.loads((llc / "manifest.json").read_text())
         assert [run["seed"] for run in llc_manifest["runs"]] == [0]
         assert llc_manifest["step_size"] in llc_manifest["settings"]["calibration_step_sizes"]
+    if name in REGIME_NOTEBOOKS:
+        regime = Path(smoke_env["DEVRL_DATA"]) / "llc-regime-smoke"
+        assert verify_manifest(regime) == []
+        assert json.loads((regime / "manifest.json").read_text())["policy_grid"]["num_steps"] == 40
     if name == "llc-validation":
         assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "llc-validation-smoke") == []
     if name in TOY_NOTEBOOKS:

@@ -8,11 +8,17 @@ import pytest
 
 from devrl.config import ConfigError
 from devrl.dynamics import (
+    compare_turns,
     essential_dynamics,
+    limit_pc1_share,
     log_steps,
+    match_drift,
     output_matrix,
     pca,
+    progress,
+    random_walks,
     scores_frame,
+    simulated_null,
     smooth,
     turning_points,
     turns_frame,
@@ -148,10 +154,16 @@ def test_frames_are_tidy():
     row = frame[(frame.env_steps == steps[7]) & (frame.component == 2)].iloc[0]
     assert row.score == result.pca.scores[7, 2] and row.smoothed == result.smoothed[7, 2]
     turns = turns_frame(result)
-    assert list(turns.columns) == ["component", "index", "env_steps", "x", "kind"]
+    assert list(turns.columns) == ["component", "index", "env_steps", "x", "kind", "occurrence",
+                                   "progress"]
     assert len(turns) == len(result.turns) > 0
     assert turns.x.is_monotonic_increasing
     assert (turns.env_steps == steps[turns["index"]]).all()
+    pc1 = result.smoothed[:, 0]
+    np.testing.assert_allclose(turns.progress,
+                               (pc1[turns["index"]] - pc1.min()) / (pc1.max() - pc1.min()))
+    for (component, kind), group in turns.groupby(["component", "kind"]):
+        assert list(group.occurrence) == list(range(len(group)))  # in x order, per kind
     empty = turns_frame(essential_dynamics(embed(path[:, 1:2]), steps, num_components=1))
     assert isinstance(empty, pd.DataFrame) and empty.empty and "kind" in empty.columns
 
@@ -181,3 +193,127 @@ def test_small_helpers():
     np.testing.assert_allclose(log_steps([0, 100, 1000]), [np.log10(50), 2, 3])
     with pytest.raises(ConfigError, match="^matrix with identical rows"):
         pca(np.ones((5, 3)), 1)
+
+
+def test_progress_is_the_place_along_smoothed_pc1():
+    np.testing.assert_allclose(progress([2.0, 3.0, 6.0, 4.0]), [0, 0.25, 1, 0.5])
+    np.testing.assert_allclose(progress(np.array([[1.0, 5.0], [3.0, 5.0], [2.0, 5.0]])),
+                               [[0, np.nan], [1, np.nan], [0.5, np.nan]])
+
+
+@pytest.fixture(scope="module")
+def even_null():
+    """Turns of nearly infinite-dimensional driftless walks at 101 evenly spaced checkpoints,
+    unsmoothed."""
+    return simulated_null(np.arange(1, 102), num_walks=40, num_features=10**8, width=1e-6,
+                          margin=0.0, num_components=3, seed=4)
+
+
+def test_null_on_an_even_schedule_matches_the_cosines(even_null):
+    # A high-dimensional random walk's k-th principal component is ≈ cos(kπt): PC2 turns (a min,
+    # given the last score >= 0) at t = 1/2 and PC3 turns (max, min) at t = 1/3, 2/3, which is
+    # progress (1 - cos(πt))/2 = 0.5, 0.25, 0.75 along PC1; PC1 itself is monotone. With 101
+    # checkpoints one checkpoint is ≈ 0.016 of progress near the middle: tolerance 0.02.
+    null = even_null
+    summary = null.summary.set_index(["component", "kind", "occurrence"])
+    expected = {(1, "min", 0): 0.5, (2, "max", 0): 0.25, (2, "min", 0): 0.75}
+    assert set(summary.index) == set(expected)  # no other turns: F = 1e8 leaves no noise
+    for key, value in expected.items():
+        assert summary.loc[key, "share"] == 1
+        assert summary.loc[key, "mean"] == pytest.approx(value, abs=0.02)
+        assert summary.loc[key, "sd"] < 0.01
+    np.testing.assert_array_equal(null.counts, 3)
+    # The explained share of PC1 tends to 6/π² (Karhunen–Loève of a centred Brownian motion).
+    assert limit_pc1_share(np.arange(1, 401)) == pytest.approx(6 / np.pi**2, abs=2e-5)
+    assert null.explained[:, 0].mean() == pytest.approx(limit_pc1_share(np.arange(1, 102)),
+                                                        abs=1e-3)
+
+
+def test_null_runs_the_same_pipeline_as_a_run():
+    steps = np.round(np.geomspace(1e3, 1e6, 30)).astype(int)
+    null = simulated_null(steps, num_walks=12, num_features=200, drift_share=0.8, width=0.2,
+                          seed=9)
+    walks = random_walks(steps, 12, 200, match_drift(steps, 0.8), seed=9)
+    for walk, matrix in enumerate(walks):
+        result = essential_dynamics(matrix[:, None, :], steps, num_components=3, width=0.2)
+        np.testing.assert_allclose(null.explained[walk], result.pca.explained_variance_ratio,
+                                   rtol=1e-10)
+        expected = turns_frame(result)
+        got = null.turns[null.turns.walk == walk].reset_index(drop=True)
+        assert list(got.component) == list(expected.component)
+        assert list(got.kind) == list(expected.kind)
+        assert list(got.occurrence) == list(expected.occurrence)
+        np.testing.assert_array_equal(got.env_steps, expected.env_steps)
+        np.testing.assert_allclose(got.progress, expected.progress, rtol=1e-9)
+    assert null.counts.sum() == len(null.turns)
+
+
+@pytest.mark.parametrize("num_features", [300, 20])  # Bartlett factor; features drawn directly
+def test_walks_have_the_gram_matrix_of_a_walk_in_training_time(num_features):
+    # Uneven checkpoints; the increment between two has variance ∝ the steps between them, so
+    # E[G] / F = min(t_i, t_j) + r t_i t_j and Var(G_ij) = F (K_ii K_jj + K_ij²) without drift.
+    steps = np.array([0, 10, 30, 100, 400, 1000])
+    t = steps / steps[-1]
+    kernel = np.minimum.outer(t, t)
+    walks = random_walks(steps, 20000, num_features, drift=0.0, seed=1)
+    gram = walks @ np.swapaxes(walks, 1, 2)
+    np.testing.assert_allclose(gram.mean(axis=0) / num_features, kernel, atol=0.03)
+    variance = num_features * (np.outer(np.diag(kernel), np.diag(kernel)) + kernel**2)
+    np.testing.assert_allclose(gram.var(axis=0)[1:, 1:], variance[1:, 1:], rtol=0.08)
+    drifted = random_walks(steps, 20000, num_features, drift=2.0, seed=1)
+    gram = drifted @ np.swapaxes(drifted, 1, 2)
+    np.testing.assert_allclose(gram.mean(axis=0) / num_features, kernel + 2.0 * np.outer(t, t),
+                               atol=0.05)
+
+
+def test_drift_is_matched_to_the_pc1_share():
+    steps = np.round(np.geomspace(1e4, 8e6, 40)).astype(int)
+    base = limit_pc1_share(steps)
+    assert 0.55 < base < 0.75
+    for target in (base + 0.01, 0.83, 0.95):
+        drift = match_drift(steps, target)
+        assert limit_pc1_share(steps, drift) == pytest.approx(target, abs=1e-9)
+        null = simulated_null(steps, num_walks=200, num_features=5000, drift_share=target)
+        assert null.drift == drift and null.drift_share == target
+        assert null.explained[:, 0].mean() == pytest.approx(target, abs=0.01)
+    without = simulated_null(steps, num_walks=200, num_features=5000)
+    assert without.drift == 0 and without.drift_share is None
+    assert without.explained[:, 0].mean() == pytest.approx(base, abs=0.01)
+
+
+def test_compare_turns_places_observed_turns_in_the_null(even_null):
+    null = even_null
+    observed = pd.DataFrame({"component": [1, 2, 2, 0], "kind": ["min", "max", "min", "max"],
+                             "occurrence": [0, 0, 0, 0], "progress": [0.9, 0.25, 0.0, 0.5],
+                             "seed": [7, 7, 7, 7]})
+    table = compare_turns(observed, null)
+    assert list(table.columns[:5]) == list(observed.columns)
+    first = table.iloc[0]
+    assert first.below == 1 and first.walks == 40 and first.share == 1
+    assert first.z == pytest.approx((0.9 - first.q50) / first.spread)
+    assert first.z > 10
+    assert table.iloc[2].below == 0 and table.iloc[2].z < -10
+    assert table.iloc[3].walks == 0 and np.isnan(table.iloc[3].below)  # PC1 never turns
+    with pytest.raises(ConfigError, match=r"^observed with columns"):
+        compare_turns(observed.drop(columns="kind"), null)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"num_walks": 0}, "num_walks"),
+    ({"num_walks": 2.5}, "num_walks"),
+    ({"num_features": 1}, "num_features"),
+    ({"drift_share": 0.3}, "drift_share"),  # below the driftless share: no drift reaches it
+    ({"drift_share": 1.0}, "drift_share"),
+    ({"drift_share": "most"}, "drift_share"),
+    ({"width": 0}, "width"),
+    ({"margin": -1}, "margin"),
+    ({"num_components": 0}, "num_components"),
+    ({"num_components": 12}, "num_components"),  # C - 1 = 9
+    ({"env_steps": [1, 3, 2, 4, 5, 6, 7, 8, 9, 10]}, "env_steps"),
+    ({"seed": 1.5}, "seed"),
+])
+def test_null_bad_inputs_name_the_parameter(kwargs, name):
+    arguments = {"env_steps": np.arange(1, 11) * 100, "num_walks": 3, "num_features": 50,
+                 **kwargs}
+    with pytest.raises(ConfigError, match=rf"^{name}\b.* is not allowed"):
+        simulated_null(**arguments)

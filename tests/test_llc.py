@@ -1,8 +1,20 @@
 """The SGLD LLC estimator against closed-form learning coefficients, and the formulas themselves.
 
-Known-answer settings, fixed across every case (SETTINGS): n = 3000 points, nβ = n / log n ≈ 375,
-ε = 6e-5 (ε·nβ ≈ 0.02), γ = 1, minibatches of 500, 4 chains of 8000 steps of which 1000 are
-burn-in, "paired" draw losses; λ̂ (the mean over chains) must lie within 15% of the true λ.
+Known-answer settings, fixed across every case (SETTINGS, the validation figure's): n = 3000
+points, nβ = n / log n ≈ 375, ε = 6e-5 (ε·nβ ≈ 0.02), γ = 1, minibatches of 500, 4 chains of 8000
+steps of which 1000 are burn-in, "paired" draw losses. The tests skip the MALA diagnostic
+(mala_every beyond the chain), which leaves the chains and λ̂ bitwise unchanged. Regular models
+(d/2 known, no flat directions to diffuse along) use chains of 3000 steps, 500 of them burn-in
+(REGULAR): over KEYS they came out within 5.6% of λ at 8000 steps and within 11.2% at 3000
+(measured), except under rmsprop_sgld, whose slowly adapting preconditioner keeps the full
+length (at 3000 steps one key was 17% high; at 8000 all are within 10.6%).
+
+Pass rule (known.VALIDATION_RULE, known.passes_validation_rule): each case is estimated with
+each of the three chain keys KEYS, a separate estimate per key, and *every key's* λ̂ (the mean
+over its chains) must lie within 15% of the true λ. KEYS are disjoint from the validation
+figure's keys (known.VALIDATION_KEYS), so the figure and the tests are independent draws of the
+sampler on the same cases. Measured over KEYS (8000 steps): the closest to the bound is
+(5,2,3) at rank 1, +6% to +14.5% (it comes out high over the figure's keys too, +3% to +12%).
 
 Which w*: λ is the learning coefficient at the true parameter w0, but λ̂ = nβ (E[L_n] − L_n(w*))
 measures the tempered posterior's excess *empirical* loss. L_n(w0) lies above the empirical
@@ -14,8 +26,9 @@ reached by full-batch Adam from w0, which stays next to w0, the deepest point of
 Limits seen while choosing the settings: a larger γ (20) or larger n with the same step count
 left chains short of the flat directions' spread (λ̂ 10–15% low at depth 3); a larger ε·nβ
 biased near-regular cases high (up to +20%); points of high multiplicity θ converge slowly in n
-and come out low: (3,3,3,3) at rank 1 (θ = 3) 8–13% low depending on the chain key, and
-(3,3,3,3,3) at rank 1 (θ = 5) 18–24% low, so neither is in the table.
+and come out low: (3,3,3,3) at rank 1 (θ = 3) 4–13% low depending on the chain key (inside the
+bound over the figure's keys, but with little margin), and (3,3,3,3,3) at rank 1 (θ = 5) 17–24%
+low on every key (it fails the rule), so neither is in the table.
 """
 
 from __future__ import annotations
@@ -36,6 +49,12 @@ from devrl.llc import LLCDivergenceError, estimate_llc, full_loss, restrict_data
 SETTINGS = dict(known.VALIDATION_SETTINGS["cpu"])  # the validation figure's settings
 NUM_DATA = SETTINGS.pop("num_data")
 TOLERANCE = known.VALIDATION_TOLERANCE
+KEYS = (3, 4, 5)  # the known-answer tests' chain keys, disjoint from known.VALIDATION_KEYS
+# The accuracy tests' settings: the figure's, without the MALA diagnostic (same chains, same λ̂);
+# shorter chains for regular models. One compiled sampler per model serves all of KEYS.
+ACCURACY = {**SETTINGS, "mala_every": SETTINGS["num_steps"]}
+REGULAR = {**ACCURACY, "num_steps": 3000, "num_burnin": 500}
+_FULL_LENGTH = {k: ACCURACY[k] for k in ("num_steps", "num_burnin")}
 # Short chains for tests of the mechanics (not of accuracy): one compiled sampler among them.
 QUICK = {**SETTINGS, "num_steps": 1000, "num_burnin": 200, "num_chains": 2}
 FAST_CASE = ((4, 3, 4), 1)  # reduced-rank regression, λ = 6
@@ -146,7 +165,16 @@ def _dln_problem(widths: tuple[int, ...], rank: int):
 def _dln_estimate(widths: tuple[int, ...], rank: int, quick: bool = False, seed: int = 0):
     w_star, data = _dln_problem(widths, rank)
     return estimate_llc(known.dln_loss, w_star, data, jax.random.PRNGKey(seed),
-                        **(QUICK if quick else SETTINGS))
+                        **(QUICK if quick else ACCURACY))
+
+
+@functools.cache
+def _dln_estimates(widths: tuple[int, ...], rank: int) -> tuple:
+    """One accuracy estimate per chain key of KEYS (regular, depth-1 models with REGULAR)."""
+    w_star, data = _dln_problem(widths, rank)
+    settings = REGULAR if len(widths) == 2 else ACCURACY
+    return tuple(estimate_llc(known.dln_loss, w_star, data, jax.random.PRNGKey(key), **settings)
+                 for key in KEYS)
 
 
 DENSE = nn.Dense(3)
@@ -162,21 +190,27 @@ def _dense_problem():
     return _minimum(DENSE_LOSS, w0, data), data
 
 
-def _assert_close(estimate: float, truth: float) -> None:
-    assert abs(estimate - truth) <= TOLERANCE * truth, f"λ̂={estimate:.3f} vs λ={truth:.3f}"
+def _assert_rule(results, truth: float) -> None:
+    """The pass rule: every key's λ̂ (one result per key of KEYS) within TOLERANCE of λ."""
+    estimates = [result.mean for result in results]
+    assert len(estimates) == len(KEYS)
+    assert known.passes_validation_rule(estimates, truth), (
+        f"λ̂ per key {[round(e, 3) for e in estimates]} vs λ={truth:.3f}: "
+        f"{known.VALIDATION_RULE} fails")
 
 
 def test_known_answer_reduced_rank():
     widths, rank = FAST_CASE
-    _assert_close(_dln_estimate(widths, rank).mean, known.dln_learning_coefficient(widths, rank))
+    _assert_rule(_dln_estimates(widths, rank), known.dln_learning_coefficient(widths, rank))
 
 
 def test_lower_true_rank_gives_smaller_estimate():
     widths, _ = FAST_CASE
-    low, high = _dln_estimate(widths, 1), _dln_estimate(widths, 3)
+    lows, highs = _dln_estimates(widths, 1), _dln_estimates(widths, 3)
     assert known.dln_learning_coefficient(widths, 1) < known.dln_learning_coefficient(widths, 3)
-    assert low.mean + low.std < high.mean - high.std
-    _assert_close(high.mean, known.dln_learning_coefficient(widths, 3))
+    for low, high in zip(lows, highs, strict=True):  # per key
+        assert low.mean + low.std < high.mean - high.std
+    _assert_rule(highs, known.dln_learning_coefficient(widths, 3))
 
 
 def _quick(restrict_to=None, seed: int = 0, **overrides):
@@ -331,36 +365,40 @@ TABLE = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("widths", "rank"), TABLE)
 def test_known_answer_table(widths, rank):
-    _assert_close(_dln_estimate(widths, rank).mean, known.dln_learning_coefficient(widths, rank))
+    _assert_rule(_dln_estimates(widths, rank), known.dln_learning_coefficient(widths, rank))
+
+
+def _dense_estimates(**overrides) -> list:
+    w_star, data = _dense_problem()
+    return [estimate_llc(DENSE_LOSS, w_star, data, jax.random.PRNGKey(key),
+                         **{**REGULAR, **overrides}) for key in KEYS]
 
 
 @pytest.mark.slow
 def test_known_answers_on_a_flax_model_and_its_kernel():
-    w_star, data = _dense_problem()
-    result = estimate_llc(DENSE_LOSS, w_star, data, jax.random.PRNGKey(0), **SETTINGS)
-    _assert_close(result.mean, known.regular_learning_coefficient(15))
+    _assert_rule(_dense_estimates(), known.regular_learning_coefficient(15))
     # Weight-restricted: only the kernel moves, a regular model in 12 parameters.
-    kernel_only = estimate_llc(DENSE_LOSS, w_star, data, jax.random.PRNGKey(0),
-                               restrict_to=lambda path: path[-1] == "kernel", **SETTINGS)
-    assert kernel_only.num_sampled == 12
-    _assert_close(kernel_only.mean, known.regular_learning_coefficient(12))
+    kernel_only = _dense_estimates(restrict_to=lambda path: path[-1] == "kernel")
+    assert all(result.num_sampled == 12 for result in kernel_only)
+    _assert_rule(kernel_only, known.regular_learning_coefficient(12))
 
 
 @pytest.mark.slow
 def test_rmsprop_sgld_known_answer():
-    w_star, data = _dense_problem()
-    result = estimate_llc(DENSE_LOSS, w_star, data, jax.random.PRNGKey(0),
-                          **{**SETTINGS, "sampler": "rmsprop_sgld", "step_size": 3e-6})
-    _assert_close(result.mean, known.regular_learning_coefficient(15))
+    # Full-length chains: the preconditioner adapts slowly, and with REGULAR's chains one key's
+    # λ̂ came out 17% high.
+    _assert_rule(_dense_estimates(sampler="rmsprop_sgld", step_size=3e-6, **_FULL_LENGTH),
+                 known.regular_learning_coefficient(15))
 
 
 @pytest.mark.slow
 def test_data_restricted_llc_uses_the_subset_size():
     w_star, data = _dln_problem(*FAST_CASE)
     subset = restrict_data(data, np.arange(NUM_DATA) % 2 == 0)
-    result = estimate_llc(known.dln_loss, _minimum(known.dln_loss, w_star, subset), subset,
-                          jax.random.PRNGKey(0), **SETTINGS)
+    w_subset = _minimum(known.dln_loss, w_star, subset)
+    results = [estimate_llc(known.dln_loss, w_subset, subset, jax.random.PRNGKey(key), **ACCURACY)
+               for key in KEYS]
     half = NUM_DATA // 2
-    assert result.settings.num_data == half
-    assert result.settings.nbeta == pytest.approx(half / math.log(half))
-    _assert_close(result.mean, known.dln_learning_coefficient(*FAST_CASE))
+    assert results[0].settings.num_data == half
+    assert results[0].settings.nbeta == pytest.approx(half / math.log(half))
+    _assert_rule(results, known.dln_learning_coefficient(*FAST_CASE))

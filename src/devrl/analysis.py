@@ -453,3 +453,39 @@ def toy_feedback_data(scale: str = "cpu", recompute: bool = False) -> ToyFeedbac
     tables, manifest = table_set("toy-feedback", scale, recompute, build)
     return ToyFeedbackData(scale=scale, path=data_root() / f"toy-feedback-{scale}",
                            manifest=manifest, **tables)
+
+
+@dataclass(frozen=True)
+class RegimeData:
+    """The regime study of the LLC estimator (`data/llc-regime-<scale>/`, `devrl.regime`)."""
+
+    scale: str
+    path: Path
+    manifest: dict[str, Any]
+    estimates: pd.DataFrame  # one row per (model, estimate): grid cells, ε sweep, longer, keys
+    verdicts: pd.DataFrame  # one row per (model, grid cell): each criterion of the rule
+    outcomes: pd.DataFrame  # one row per model: the rule's choice and whether it passed
+
+
+def regime_data(scale: str = "cpu", recompute: bool = False) -> RegimeData:
+    """The regime data set; with `recompute`, rerun the study (DLNs, then the policy at the
+    first seed's exported checkpoints of `data/craftax-<scale>`, recomputed first if missing).
+    Estimates are cached under DEVRL_RUNS/llc-regime-<scale>/, so an interrupted rerun resumes."""
+    def build():
+        from devrl import regime
+
+        craftax = data_root() / f"craftax-{scale}"
+        if not (craftax / "manifest.json").exists():
+            craftax_data(scale, recompute=True)
+        open_data_set(craftax, scale)
+        tables, extra = regime.study_tables(scale, craftax, runs_root() / f"llc-regime-{scale}",
+                                            progress=lambda message: print(message, flush=True))
+        return tables, {
+            "what": "regime study of the LLC estimator: λ̂ over nβ × γ (and ε) for deep linear "
+                    "networks on realisable data with known λ and for the policy's "
+                    "self-distillation loss, with the rule's verdicts (devrl.regime)",
+            "made_by": f"devrl figure llc-regime -p scale {scale} -p recompute True", **extra}
+
+    tables, manifest = table_set("llc-regime", scale, recompute, build)
+    return RegimeData(scale=scale, path=data_root() / f"llc-regime-{scale}", manifest=manifest,
+                      **tables)

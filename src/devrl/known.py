@@ -4,7 +4,10 @@ Convention: every model is a regression y = f(w, x) + noise with unit Gaussian n
 negative log-likelihood of one point is ½‖y − f(w, x)‖² + (M/2) log 2π. The loss used here is
 L_n(w) = (1/n) Σ_i ½‖y_i − f(w, x_i)‖² (squared error summed over the M outputs, halved, averaged
 over points): the average negative log-likelihood minus a constant, which is what the learning
-coefficient of the model refers to. (A mean over outputs, or no ½, would rescale nL_n and λ̂.)
+coefficient of the model refers to. (A mean over outputs, or no ½, multiplies the loss by a
+constant c; that leaves λ unchanged and, asymptotically, λ̂ too: λ̂ = nβ(E[cL] − cL*) under
+exp(−nβ·cL) is the same estimator at the inverse temperature nβc. Only the effective temperature
+changes, and with it the finite-nβ bias.)
 
 Learning coefficients:
 - regular model with d parameters: λ = d/2;
@@ -165,11 +168,13 @@ def squared_error_loss(apply_fn: Callable[[object, jax.Array], jax.Array]
     return loss
 
 
-def dln_true_params(key: jax.Array, widths: Sequence[int], rank: int) -> DLNParams:
+def dln_true_params(key: jax.Array, widths: Sequence[int], rank: int,
+                    singular_values: Sequence[float] | None = None) -> DLNParams:
     """A true parameter w0 at which every layer, and so the product, has rank exactly `rank`.
 
     W_s = Q_s D^(1/L) Q_{s+1}ᵀ with random orthonormal frames Q_s (H_s × r) and D holding the
-    product's singular values, evenly spaced in [1, 2]; the layers are balanced, so no layer's
+    product's singular values (`singular_values`, r positive numbers; by default evenly spaced
+    in [1, 2]); the layers are balanced, so no layer's
     curvature dominates. Every layer having rank r makes w0 the deepest (most singular) point of
     the set of true parameters, where the local learning coefficient equals Aoyagi's global one
     (Aoyagi 2024, Theorem 4).
@@ -180,7 +185,12 @@ def dln_true_params(key: jax.Array, widths: Sequence[int], rank: int) -> DLNPara
     keys = jax.random.split(key, len(widths))
     frames = [jnp.linalg.qr(jax.random.normal(k, (h, rank)))[0]
               for k, h in zip(keys, widths, strict=True)]
-    scale = jnp.linspace(1.0, 2.0, rank) ** (1 / (len(widths) - 1))
+    values = jnp.linspace(1.0, 2.0, rank) if singular_values is None else \
+        jnp.asarray(singular_values, jnp.float32)
+    if values.shape != (rank,) or not bool(jnp.all(values > 0)):
+        raise ConfigError(f"singular_values={singular_values!r} is not allowed: need {rank} "
+                          "positive numbers (one per rank)")
+    scale = values ** (1 / (len(widths) - 1))
     return tuple((left * scale) @ right.T for left, right in pairwise(frames))
 
 
@@ -244,7 +254,19 @@ VALIDATION_SETTINGS: dict[str, dict[str, object]] = {
     "paper": {"num_data": 10000, "step_size": 2e-5, "localization": 1.0, "num_steps": 30000,
               "num_burnin": 5000, "num_chains": 8, "batch_size": 1000, "draw_loss": "paired"},
 }
-VALIDATION_TOLERANCE = 0.15  # the tests' bound on |λ̂ − λ| / λ
+VALIDATION_TOLERANCE = 0.15  # the bound on |λ̂ − λ| / λ of the pass rule
+# The chain keys (seeds of jax.random.PRNGKey) every case is estimated with, one estimate each.
+VALIDATION_KEYS: tuple[int, ...] = (0, 1, 2)
+# The pass rule of a case, applied by `validation_suite` and asserted by the known-answer tests.
+VALIDATION_RULE = (f"every chain key's λ̂ (the mean over its chains) lies within "
+                   f"{VALIDATION_TOLERANCE:.0%} of λ")
+
+
+def passes_validation_rule(estimates: Sequence[float], truth: float) -> bool:
+    """VALIDATION_RULE: every estimate (one per chain key) within VALIDATION_TOLERANCE of λ."""
+    if len(estimates) == 0:
+        raise ConfigError("estimates=[] is not allowed: need one estimate per chain key")
+    return all(abs(float(e) - truth) <= VALIDATION_TOLERANCE * truth for e in estimates)
 
 
 def dln_problem(widths: Sequence[int], rank: int, num_data: int
@@ -265,27 +287,47 @@ def dln_problem(widths: Sequence[int], rank: int, num_data: int
 
 
 def validation_suite(scale: str, cases: Sequence[tuple[tuple[int, ...], int]] = VALIDATION_CASES,
-                     seed: int = 0) -> list[dict[str, object]]:
-    """One row per case: true λ and multiplicity, λ̂ per chain, mean ± std and diagnostics."""
+                     keys: Sequence[int] = VALIDATION_KEYS) -> list[dict[str, object]]:
+    """One row per (case, chain key): true λ and multiplicity, λ̂ per chain, mean ± std over the
+    chains, diagnostics, and the case's verdict under VALIDATION_RULE over all its keys.
+
+    Each key is a separate estimate (its own `jax.random.PRNGKey(key)`, the same w* and data):
+    `within_tolerance` says whether this key's λ̂ meets the bound, `case_passes` whether every
+    key of the case does; `case_llc_mean` and `case_key_spread` are the mean and the range
+    (max − min) of λ̂ over the case's keys.
+    """
     from devrl.config import SCALES
     from devrl.llc import estimate_llc
 
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    keys = tuple(keys)
+    if (not keys or len(set(keys)) != len(keys)
+            or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in keys)):
+        raise ConfigError(f"keys={keys!r} is not allowed: must be a non-empty tuple of distinct "
+                          "integers >= 0 (seeds of jax.random.PRNGKey)")
     settings = dict(VALIDATION_SETTINGS[scale])
     num_data = int(settings.pop("num_data"))
     cases = cases[:settings.pop("cases", len(cases))]
     rows = []
     for widths, rank in cases:
         w_star, data = dln_problem(widths, rank, num_data)
-        result = estimate_llc(dln_loss, w_star, data, jax.random.PRNGKey(seed), **settings)
         truth = dln_learning_coefficient(widths, rank)
-        rows.append({
-            "widths": "-".join(map(str, widths)), "depth": len(widths) - 1, "rank": rank,
-            "num_params": dln_num_params(widths), "true_llc": truth,
-            "multiplicity": dln_multiplicity(widths, rank), "llc": result.mean,
-            "llc_std": result.std, "chain_llcs": [float(v) for v in result.chain_llcs],
-            "relative_error": (result.mean - truth) / truth,
-            "mala_acceptance": result.mala_acceptance, "num_data": num_data,
-            "nbeta": result.settings.nbeta, **{k: v for k, v in settings.items()}})
+        case_rows = []
+        for key in keys:  # the same loss_fn, shapes and settings: one compiled sampler per case
+            result = estimate_llc(dln_loss, w_star, data, jax.random.PRNGKey(key), **settings)
+            case_rows.append({
+                "widths": "-".join(map(str, widths)), "depth": len(widths) - 1, "rank": rank,
+                "key": key, "num_params": dln_num_params(widths), "true_llc": truth,
+                "multiplicity": dln_multiplicity(widths, rank), "llc": result.mean,
+                "llc_std": result.std, "chain_llcs": [float(v) for v in result.chain_llcs],
+                "relative_error": (result.mean - truth) / truth,
+                "within_tolerance": abs(result.mean - truth) <= VALIDATION_TOLERANCE * truth,
+                "mala_acceptance": result.mala_acceptance, "num_data": num_data,
+                "nbeta": result.settings.nbeta, **{k: v for k, v in settings.items()}})
+        estimates = [row["llc"] for row in case_rows]
+        verdict = {"case_passes": passes_validation_rule(estimates, truth),
+                   "case_llc_mean": sum(estimates) / len(estimates),
+                   "case_key_spread": max(estimates) - min(estimates), "num_keys": len(keys)}
+        rows.extend({**row, **verdict} for row in case_rows)
     return rows
