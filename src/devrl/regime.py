@@ -114,8 +114,10 @@ POLICY_CHECKPOINTS = {"smoke": 2, "cpu": 3}  # log-spaced trained checkpoints of
 # Deep linear networks with d ≥ 10^4 weights on realisable (noiseless) data, like the policy's
 # self-distillation loss: L_n(w) = (1/n) Σ ½‖x_i (W_1⋯W_L − W0_1⋯W0_L)‖², minimised exactly at
 # w* = w0, where λ is Aoyagi's. nβ is then a free inverse temperature, as for the policy. The
-# "sloppy" case has the true product's singular values spread over two decades, so at small nβ
-# part of the rank is not resolved (λ̂ depends on nβ there) — the case the nβ criterion exists for.
+# "sloppy" case has the true product's singular values spread over two decades. (With hidden
+# layers twice as wide as the ends, λ = H_1 H_{L+1} / 2 at every rank, so neither the rank nor
+# the spread changes λ here: the sloppy case checks that small singular values do not move the
+# estimate, not that the nβ criterion sees unresolved rank.)
 DLN_CASES: dict[str, dict[str, Any]] = {
     "dln-30-60-60-60-30-r5": {"widths": (30, 60, 60, 60, 30), "rank": 5},
     "dln-40-80-80-40-r5": {"widths": (40, 80, 80, 40), "rank": 5},
@@ -575,3 +577,12 @@ def _step_numbers(steps: pd.DataFrame, base: pd.DataFrame, step: float) -> dict[
             "acceptance-max": float(steps["mala_acceptance"].max()),
             "ratio-min": float(ratio.min()), "ratio-max": float(ratio.max()),
             "diverged": int(steps["diverged"].sum())}
+
+
+def context_ratios(llc: pd.DataFrame) -> pd.Series:
+    """Per (seed, checkpoint) of a `devrl.policy_llc` table, the whole probe set's λ̂ over the
+    mean of the plant contexts' (each context at the nβ of its own n, as that table has them)."""
+    detail = llc[llc["kind"].isin(["all", "context"]) & llc["detail"]]
+    whole = detail[detail["kind"] == "all"].set_index(["seed", "update"])["llc"]
+    parts = detail[detail["kind"] == "context"].groupby(["seed", "update"])["llc"].mean()
+    return (whole / parts).dropna()
