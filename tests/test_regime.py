@@ -4,6 +4,7 @@ for a quadratic loss, and the rule on deep linear networks with known λ."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +145,7 @@ def test_sgld_matches_the_quadratic_closed_form_across_gamma():
 
 
 # ----------------------------------------------------- the committed study, and the rule on DLNs
-DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "llc-regime-cpu"
+DATA = Path(__file__).resolve().parents[1] / "data" / "llc-regime-cpu"
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +199,7 @@ def test_the_committed_dln_estimates_are_reproduced_by_the_code(committed):
         estimate, d, _ = regime.dln_estimator(case)
         row = estimates[(estimates["model"] == case) & (estimates["kind"] == "key")
                         & (estimates["key"] == 1)].iloc[0]
-        cell = {k: row[k].item() if hasattr(row[k], "item") else row[k]
-                for k in regime.SAMPLER_KEYS}
-        cell = {k: int(v) if k in ("num_steps", "num_burnin", "num_chains", "batch_size") else v
-                for k, v in cell.items()}
-        again = regime.run_cell(estimate, {**cell, "kind": "key", "nbeta_factor": 0.0}, d, 1)
+        integers = ("num_steps", "num_burnin", "num_chains", "batch_size")
+        cell = {k: int(row[k]) if k in integers else float(row[k]) for k in regime.SAMPLER_KEYS}
+        again = regime.run_cell(estimate, cell, d, 1)
         assert again["llc"] == pytest.approx(row["llc"], rel=1e-3), case

@@ -520,9 +520,8 @@ def summary_numbers(estimates: pd.DataFrame, verdicts: pd.DataFrame, outcomes: p
     gammas = sorted(gridrows["localization"].unique())
     at_factor = gridrows[gridrows["nbeta_factor"] == grid["base_factor"]].pivot_table(
         index="model", columns="localization", values="llc")
-    slopes = {g: gridrows[gridrows["localization"] == g].groupby("model")[["nbeta", "llc"]]
-              .apply(lambda c: float(np.polyfit(np.log(c["nbeta"]), np.log(c["llc"]), 1)[0]))
-              for g in gammas}
+    slopes = {g: pd.Series({model: nbeta_slope(group, g)
+                            for model, group in gridrows.groupby("model")}) for g in gammas}
     longer = rows[rows["kind"] == "longer"].set_index("model")
     longer_change = longer["llc"] / base["llc"].reindex(longer.index) - 1
     steps = rows[rows["kind"] == "step"]
