@@ -223,11 +223,10 @@ def run_cell(estimate: Estimator, cell: dict[str, Any], num_sampled: int, seed: 
         if part.exists():
             return {**cell, **json.loads(part.read_text())}
     try:
+        from devrl.policy_llc import trace_drift
+
         result = estimate(sampler, jax.random.PRNGKey(seed))
-        excess = result.loss_trace.astype(np.float64) - result.init_loss
-        half = excess.shape[1] // 2
-        drift = (float((excess[:, half:].mean() - excess[:, :half].mean()) / abs(excess.mean()))
-                 if half and excess.mean() != 0 else math.nan)
+        drift = trace_drift(result)
         row = {"llc": result.mean, "llc_std": result.std,
                "chain_llcs": [float(v) for v in result.chain_llcs],
                "init_loss": result.init_loss, "mala_acceptance": result.mala_acceptance,
