@@ -87,6 +87,35 @@ def test_bad_parameter_fails_before_execution(tmp_path):
     unknown = run_figure("no-such-figure", env=env)
     assert unknown.returncode == 2 and "name='no-such-figure' is not allowed" in unknown.stderr
     assert not (tmp_path / "figures").exists()  # nothing ran
+    # Values the notebook itself would refuse are refused before a kernel starts.
+    out = tmp_path / "out"
+    for args, message in ((["-p", "scale", "huge"], "scale='huge' is not allowed: must be one"),
+                          (["-p", "seeds", "[99]"], "seeds=[99] is not allowed: "),
+                          (["-p", "scale", "smoke"], "scale='smoke' is not allowed with "
+                                                     "recompute=False")):
+        result = run_figure("plant-overshoot", *args, "--out", str(out), env=env)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert not out.exists()
+
+
+def test_figure_output_goes_to_one_folder_per_run_and_one_run_per_notebook(tmp_path,
+                                                                           monkeypatch):
+    from devrl import notebooks
+
+    monkeypatch.setenv("DEVRL_RUNS", str(tmp_path / "runs"))
+    assert notebooks.default_output_dir("plant-overshoot", {}) == ROOT / "_build" / "papermill"
+    assert notebooks.default_output_dir("plant-overshoot", {"seeds": []}) == \
+        ROOT / "_build" / "papermill"  # the defaults, spelled out
+    other = notebooks.default_output_dir("plant-overshoot", {"seeds": [0]})
+    assert ROOT not in other.parents and other.parent == tmp_path / "figures"
+    assert other != notebooks.default_output_dir("plant-overshoot", {"seeds": [1]})
+    env = {**os.environ, "DEVRL_RUNS": str(tmp_path / "runs")}
+    with notebooks.notebook_lock("plant-overshoot"):
+        result = run_figure("plant-overshoot", "-p", "seeds", "[0]", "--out",
+                            str(tmp_path / "out"), env=env)
+    assert result.returncode == 2
+    assert "another devrl figure plant-overshoot is running (pid" in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +130,9 @@ def smoke_env(tmp_path_factory) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
+    out = Path(smoke_env["DEVRL_FIGURES"]) / name
     result = run_figure(name, "-p", "scale", "smoke", "-p", "recompute", "True",
-                        "-p", "seeds", "[0]", env=smoke_env)
+                        "-p", "seeds", "[0]", "--out", str(out), env=smoke_env)
     assert result.returncode == 0, result.stderr[-3000:]
     data = Path(smoke_env["DEVRL_DATA"]) / "craftax-smoke"
     assert verify_manifest(data) == []
@@ -124,10 +154,12 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
     if name in TOY_NOTEBOOKS:
         toy = "toy-plant" if name.startswith("toy-plant") else "toy-feedback"
         assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / f"{toy}-smoke") == []
-    svg = Path(smoke_env["DEVRL_FIGURES"]) / f"{FIGURES[name]}.svg"
+    svg = out / f"{FIGURES[name]}.svg"  # the exports beside the executed notebook
     assert svg.read_text().lstrip().startswith("<svg")
     assert (svg.with_suffix(".png")).read_bytes()[:4] == b"\x89PNG"
-    executed = json.loads(Path(result.stdout.strip().splitlines()[-1]).read_text())
+    executed_path = Path(result.stdout.strip().splitlines()[-1])
+    assert executed_path == out / f"{name}.ipynb"
+    executed = json.loads(executed_path.read_text())
     glued = [output["metadata"]["scrapbook"]["name"] for cell in executed["cells"]
              for output in cell.get("outputs", []) if "scrapbook" in output.get("metadata", {})]
     assert FIGURES[name] in glued

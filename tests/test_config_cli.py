@@ -9,8 +9,9 @@ import sys
 import pytest
 from conftest import run_cli
 
-from devrl.config import ConfigError, TrainConfig, make_config
+from devrl.config import ConfigError, TrainConfig, config_from_dict, make_config
 from devrl.runs import prepare_run_dir
+from devrl.sweep import child_env, claim_cpus, make_spec, run_dir_for, run_name, task_options
 
 BAD = [
     (["--env-name", "Craftax-Nope-v0"],
@@ -57,7 +58,10 @@ def test_unwritable_output_directory(tmp_path):
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
-    run_dir = tmp_path / "runs" / "seed_0"
+    # Run directories are named by their config's hash, so only a config.json changed under
+    # the same name (by hand, or by code that changed a default) can disagree.
+    config = make_config("smoke", lr=0.001)
+    run_dir = run_dir_for(tmp_path / "runs", config)
     prepare_run_dir(make_config("smoke"), run_dir)
     before = (run_dir / "config.json").read_text()
     result = run_cli("train", "--scale", "smoke", "--out", str(tmp_path / "runs"), "--lr",
@@ -66,6 +70,92 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
     assert "cannot resume" in result.stderr and "lr=0.0002 (stored) vs 0.001 (given)" in \
         result.stderr
     assert (run_dir / "config.json").read_text() == before
+    assert not (tmp_path / "runs" / "sweep.json").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"anneal_lr": "no"}, "anneal_lr='no' is not allowed: must be true or false"),
+    ({"num_envs": "eight"}, "num_envs='eight' is not allowed: must be of type int"),
+    ({"num_envs": 8.5}, "num_envs=8.5 is not allowed: must be of type int"),
+    ({"num_envs": [8]}, "num_envs=[8] is not allowed: must be of type int"),
+    ({"lr": None}, "lr=None is not allowed: must be of type float"),
+    ([{"width": 8}], "must hold a JSON object"),
+])
+def test_config_files_are_type_checked_like_flags(tmp_path, values, message):
+    config_file = tmp_path / "c.json"
+    config_file.write_text(json.dumps(values))
+    out = tmp_path / "out"
+    result = run_cli("train", "--scale", "smoke", "--config", str(config_file), "--out",
+                     str(out), "--quiet", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_config_values_are_converted_to_their_types():
+    assert make_config("smoke", total_env_steps=1.536e3).total_env_steps == 1536
+    assert isinstance(make_config("smoke", lr=1).lr, float)
+    with pytest.raises(ConfigError, match="anneal_lr=1 is not allowed: must be true or false"):
+        config_from_dict({**make_config("smoke").to_dict(), "anneal_lr": 1})
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("scale: smoke\ngrid: {memory: [0, '16']}\n", "memory='16' is not allowed"),
+    ("scale: smoke\ngrid: {anneal_lr: [true, 'no']}\n", "anneal_lr='no' is not allowed"),
+    ("scale: smoke\nseeds: [0, 0]\n", "seeds=[0, 0] is not allowed"),
+    ("scale: smoke\ngrid: {widht: [8]}\n", "unknown parameter 'widht'"),
+    ("scale: smoke\ngrids: {}\n", "spec key(s) grids not allowed"),
+    ("scale: huge\n", "scale='huge' is not allowed"),
+    ("scale: smoke\ngrid: {reset_ratio: [1, 3]}\n", "reset_ratio=3 is not allowed: must divide"),
+    ("scale: [smoke\n", "is not valid YAML"),
+])
+def test_sweep_files_are_validated_before_anything_runs(tmp_path, spec, message):
+    path = tmp_path / "grid.yaml"
+    path.write_text(spec)
+    out = tmp_path / "out"
+    result = run_cli("sweep", str(path), "--out", str(out), "--quiet", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_a_sweep_grid_is_the_product_of_its_axes(tmp_path):
+    spec = make_spec("smoke", {"memory": [0, 8], "lr": [1e-3, 2e-4, 3e-4]}, [0, 1])
+    configs = [c for _, c in spec.configs()]
+    assert len(configs) == 12 and len({c.config_hash() for c in configs}) == 12
+    names = {run_name(c) for c in configs}
+    assert len(names) == 12 and len({n.split("/")[0] for n in names}) == 6  # 6 points, 2 seeds
+    flags = make_spec("smoke", {"memory": [0, 8]}, None)
+    assert flags.seeds == (0,)  # the scale's seeds
+    # Cores: one slot per core; a held slot is not handed out twice, and frees on close.
+    first, held = claim_cpus(1)
+    second, other = claim_cpus(1, poll=0.05) if os.cpu_count() > 1 else (None, None)
+    if other is not None:
+        assert first != second
+        other.close()
+    held.close()
+
+
+def test_threads_per_run_pins_the_trainer_and_gpus_are_shared_on_request():
+    code = ("from devrl.sweep import become_trainer; import os; become_trainer(None, '0'); "
+            "print(sorted(os.sched_getaffinity(0)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "[0]"
+    bad = subprocess.run([sys.executable, "-m", "devrl.cli", "train-one", "--out", "x",
+                          "--config-json", "{}", "--cpus", "99999"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "cpus='99999' is not allowed" in bad.stderr
+    options, threads, fraction = task_options({"CPU": 16.0}, 2, 1)
+    assert options["num_cpus"] == 2 and threads == 2 and fraction is None
+    options, threads, fraction = task_options({"CPU": 16.0, "GPU": 2.0}, 1, 4)
+    assert options["num_gpus"] == 0.25 and threads is None
+    env = child_env(fraction)
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) == pytest.approx(0.225)
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in child_env(1.0) or \
+        os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
+    assert "intra_op_parallelism_threads" not in child_env(None).get("XLA_FLAGS", "")
 
 
 def test_unknown_parameter_and_config_file(tmp_path):

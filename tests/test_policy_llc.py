@@ -171,7 +171,14 @@ def test_check_step_size_is_the_next_smaller_of_the_grid():
 def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
     """A fake run directory (probe set, three checkpoints), estimated and exported twice."""
     from devrl.policy_llc import export_llc
-    from devrl.runs import atomic_write_json, atomic_write_npz, params_to_flat, verify_manifest
+    from devrl.runs import (
+        RUN_SCRATCH,
+        atomic_write_json,
+        atomic_write_npz,
+        params_to_flat,
+        verify_manifest,
+        write_manifest,
+    )
 
     _, probe = _problem()
     network = make_network(CONFIG, len(ACTION_NAMES))
@@ -179,9 +186,8 @@ def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
     config = CONFIG
     (run / "behaviour").mkdir(parents=True)
     atomic_write_json(run / "config.json", config.to_dict())
-    atomic_write_json(run / "manifest.json", {"git_commit": "test", "complete": True,
-                                              "updates_done": 4})
     atomic_write_npz(run / "behaviour" / "probe.npz", probe)
+    write_manifest(run / "behaviour", {"checkpoints": [0, 1, 4]})
     key = jax.random.PRNGKey(0)
     for update in (0, 1, 4):  # the initial checkpoint gets probe outputs only
         params = network.init(jax.random.fold_in(key, update),
@@ -189,6 +195,7 @@ def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
                               jnp.zeros((1, 1), bool))
         atomic_write_npz(run / "checkpoints" / f"params_{update:06d}.npz",
                          params_to_flat(params))
+    write_manifest(run, {"complete": True, "updates_done": 4}, exclude=RUN_SCRATCH)
     messages = []
     out = export_llc([run], tmp_path / "llc-smoke", "smoke", progress=messages.append)
     assert verify_manifest(out) == []

@@ -1,21 +1,20 @@
-"""End-to-end training at smoke scale: multi-seed launcher, bitwise resume after a kill, the
-watchdog, recurrent PPO, and behaviour evaluation. Each test trains a real (tiny) agent.
+"""End-to-end training at smoke scale: several seeds, a kill between a checkpoint and its
+manifest, recurrent PPO, behaviour evaluation, export, and consumers that verify their inputs.
+Each test trains a real (tiny) agent; tests/test_sweep.py kills sweeps in every other way.
 
 Runs compared bitwise use the same XLA thread setting (`--threads-per-run 1`): XLA's CPU
 reductions are deterministic for a fixed thread count, not across thread counts."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
+import shutil
 
 import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import run_cli, smoke_run
+
+from devrl import runs
 
 from devrl.config import make_config
 from devrl.envs import ACTION_NAMES, CONTEXTS
@@ -37,19 +36,9 @@ def assert_same_run(a, b):
     pd.testing.assert_frame_equal(ma, mb)
 
 
-def wait_for_update(run_dir, update, timeout=900):  # compiling is slow on a loaded machine
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        progress = read_progress(run_dir)
-        if progress and (progress.get("update") or 0) >= update:
-            return progress
-        time.sleep(0.2)
-    raise AssertionError(f"{run_dir} did not reach update {update} in {timeout} s")
-
-
-def test_multi_seed_run_completes_and_equals_single_seed_run(smoke_runs, tmp_path):
+def test_multi_seed_run_completes(smoke_runs):
     for seed in (0, 1):
-        run_dir = smoke_runs / f"seed_{seed}"
+        run_dir = smoke_run(smoke_runs, seed)
         assert read_progress(run_dir)["status"] == "complete"
         assert verify_manifest(run_dir) == []
         manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -58,63 +47,69 @@ def test_multi_seed_run_completes_and_equals_single_seed_run(smoke_runs, tmp_pat
         metrics = pd.read_parquet(run_dir / "metrics.parquet")
         assert len(metrics) == make_config("smoke").num_updates
         assert set(EPISODE_FIELDS) <= set(metrics.columns)
-    # XLA's CPU reductions depend on the thread count, so compare at the same setting.
-    result = run_cli("train", "--scale", "smoke", "--seeds", "1", "--threads-per-run", "1",
-                     "--quiet", "--out", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    single = tmp_path / "seed_1"
-    assert_same_run(smoke_runs / "seed_1", single)
     with pytest.raises(AssertionError):
-        assert_same_run(smoke_runs / "seed_0", single)  # seeds differ
+        assert_same_run(smoke_run(smoke_runs, 0), smoke_run(smoke_runs, 1))  # seeds differ
 
 
-def test_killed_run_resumes_bitwise(smoke_runs, tmp_path):
-    out = tmp_path / "runs"
-    command = [sys.executable, "-m", "devrl.cli", "train", "--scale", "smoke", "--seeds", "0",
-               "--out", str(out), "--quiet", "--threads-per-run", "1"]
-    launcher = subprocess.Popen(command, start_new_session=True)
-    wait_for_update(out / "seed_0", 1)
-    os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its trainer, mid-run
-    launcher.wait()
-    child = read_progress(out / "seed_0")["pid"]
-    try:
-        os.kill(child, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    time.sleep(0.5)
-    assert read_progress(out / "seed_0")["update"] < make_config("smoke").num_updates
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+def interrupt_at(monkeypatch, update: int):
+    """Make training stop as a kill would, after the state of `update` is saved and before its
+    manifest is written (the heartbeat comes between the two)."""
+    real = runs.heartbeat
+
+    def heartbeat(run_dir, status, config, **info):
+        if status == "training" and info.get("update") == update:
+            raise SystemExit("killed")
+        return real(run_dir, status, config, **info)
+
+    monkeypatch.setattr(runs, "heartbeat", heartbeat)
+
+
+def test_a_kill_between_checkpoint_and_manifest_is_an_interruption_that_resumes(
+        tmp_path, monkeypatch):
+    config = make_config("smoke")
+    reference = train(config, tmp_path / "reference")
+    last = config.num_updates
+    for update in (3, last):  # mid-run, and after the last checkpoint's state was saved
+        run_dir = tmp_path / f"killed_at_{update}"
+        with monkeypatch.context() as patch:
+            interrupt_at(patch, update)
+            with pytest.raises(SystemExit):
+                train(config, run_dir)
+        problems = verify_manifest(run_dir)
+        assert [p.kind for p in problems] == ["interrupted"], problems
+        result = run_cli("verify", str(run_dir))
+        assert result.returncode == 1 and "interrupted" in result.stdout
+        assert "rerun to resume" in result.stdout and "checksum differs" not in result.stdout
+        train(config, run_dir)
+        assert verify_manifest(run_dir) == []
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["updates_done"] == last
+        assert "pending" not in manifest
+        assert_same_run(reference, run_dir)
+
+
+def test_consumers_refuse_a_run_that_does_not_match_its_manifest(smoke_runs, tmp_path):
+    result = run_cli("eval", str(smoke_runs), "--episodes", "4", "--max-steps", "50",
+                     "--probe-per-context", "8", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert_same_run(smoke_runs / "seed_0", out / "seed_0")
-
-
-def test_watchdog_restarts_a_stalled_run(smoke_runs, tmp_path):
-    out = tmp_path / "runs"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "devrl.cli", "train", "--scale", "smoke", "--seeds", "0",
-         "--out", str(out), "--quiet", "--stall-timeout", "90", "--threads-per-run", "1"],
-        stderr=subprocess.PIPE, text=True)
-    progress = wait_for_update(out / "seed_0", 1)
-    os.kill(progress["pid"], signal.SIGSTOP)  # frozen like a futex deadlock: alive, no progress
-    _, stderr = launcher.communicate(timeout=900)
-    assert launcher.returncode == 0, stderr
-    assert "made no progress for 90 s (stalled); restarting from the last checkpoint" in stderr
-    assert_same_run(smoke_runs / "seed_0", out / "seed_0")
-
-
-def test_watchdog_gives_up_loudly(tmp_path):
-    out = tmp_path / "runs"
-    config_file = tmp_path / "c.json"
-    config_file.write_text("{}")
-    run_dir = out / "seed_0"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(make_config("smoke").to_dict()))
-    (run_dir / "state").mkdir()
-    (run_dir / "state" / "latest.npz").write_bytes(b"corrupt")  # every attempt fails at once
-    result = run_cli("train", "--scale", "smoke", "--seeds", "0", "--out", str(out), "--quiet",
-                     "--max-restarts", "1")
-    assert result.returncode == 1
-    assert "gave up after 1 restarts" in result.stderr
+    for target in ("metrics.parquet", "behaviour/episodes.parquet"):
+        copy = tmp_path / target.split("/")[0].replace(".", "_") / "seed_0"
+        shutil.copytree(smoke_run(smoke_runs, 0), copy)
+        table = pd.read_parquet(copy / target)
+        column = table.select_dtypes("float").columns[0]
+        table.loc[0, column] += 1  # still a valid table, another number
+        table.to_parquet(copy / target, index=False)
+        commands = [["export", str(copy), "--out", str(tmp_path / "data")],
+                    ["llc", str(copy), "--scale", "smoke", "--out", str(tmp_path / "llc")]]
+        if target == "metrics.parquet":  # eval rewrites behaviour/, so it checks the run only
+            commands.append(["eval", str(copy), "--episodes", "4", "--max-steps", "50",
+                             "--probe-per-context", "8", "--quiet"])
+        for command in commands:
+            result = run_cli(*command)
+            assert result.returncode == 2, (command, result.stderr[-2000:])
+            assert "does not match its manifest" in result.stderr
+            assert f"{target}: checksum differs" in result.stderr
+        assert not (tmp_path / "data").exists() and not (tmp_path / "llc").exists()
 
 
 def test_recurrent_ppo_trains(tmp_path):
@@ -134,8 +129,8 @@ def test_eval_writes_behaviour_tables(smoke_runs):
                      "--probe-per-context", "8", "--quiet")
     assert result.returncode == 0, result.stderr
     for seed in (0, 1):
-        out = smoke_runs / f"seed_{seed}" / "behaviour"
-        checkpoints = [u for u, _ in list_checkpoints(smoke_runs / f"seed_{seed}")]
+        out = smoke_run(smoke_runs, seed) / "behaviour"
+        checkpoints = [u for u, _ in list_checkpoints(smoke_run(smoke_runs, seed))]
         episodes = pd.read_parquet(out / "episodes.parquet")
         assert len(episodes) == 4 * len(checkpoints)
         assert set(episodes["update"]) == set(checkpoints)

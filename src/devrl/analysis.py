@@ -139,13 +139,12 @@ def recompute_craftax(scale: str, seeds: list[int], folder: Path) -> Path:
     """Train, evaluate and export `seeds` at `scale` into `folder`."""
     from devrl.behaviour import evaluate_run
     from devrl.export import export_runs
-    from devrl.launch import run_dir_for, train_seeds
+    from devrl.sweep import make_spec, run_dir_for, run_sweep
 
-    configs = [make_config(scale, seed=seed) for seed in seeds]
     out = recompute_runs_dir(scale)
-    if train_seeds(configs, out, show_progress=False) != 0:
-        raise RuntimeError(f"training did not complete; see the train.log files under {out}")
-    run_dirs = [run_dir_for(out, seed) for seed in seeds]
+    if run_sweep(make_spec(scale, seeds=list(seeds)), out, show_progress=False) != 0:
+        raise RuntimeError(f"training did not complete; see devrl sweep status {out}")
+    run_dirs = [run_dir_for(out, make_config(scale, seed=seed)) for seed in seeds]
     for run_dir in run_dirs:
         evaluate_run(run_dir, **EVAL_SETTINGS[scale], show_progress=False)
     return export_runs(run_dirs, folder, checkpoints=EXPORT_CHECKPOINTS)
@@ -285,13 +284,14 @@ def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
     seeds = check_seeds(seeds)
     folder = data_root() / f"llc-{scale}"
     if recompute:
-        from devrl.launch import run_dir_for
         from devrl.policy_llc import export_llc
+        from devrl.sweep import run_dir_for
 
         chosen = seeds or list(SCALE_SEEDS[scale])
         craftax_data(scale, chosen, recompute=True)
         out = recompute_runs_dir(scale)
-        export_llc([run_dir_for(out, seed) for seed in chosen], folder, scale,
+        export_llc([run_dir_for(out, make_config(scale, seed=seed)) for seed in chosen], folder,
+                   scale,
                    progress=lambda message: None)
     manifest = open_data_set(folder, scale)
     chosen = choose_seeds(manifest, seeds, folder)

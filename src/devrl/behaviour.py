@@ -30,6 +30,7 @@ from devrl.ppo import EPISODE_FIELDS, episode_vector, make_network
 from devrl.runs import (
     atomic_write_npz,
     atomic_write_parquet,
+    check_verified,
     list_checkpoints,
     load_params,
     write_manifest,
@@ -179,6 +180,7 @@ def evaluate_run(run_dir: Path, episodes: int = 64, max_steps: int = 3000,
     """Write the behaviour tables of every checkpoint of `run_dir`; reuses finished parts."""
     run_dir = Path(run_dir)
     config = load_config(run_dir)
+    check_verified(run_dir, "run")
     checkpoints = list_checkpoints(run_dir)
     if not checkpoints:
         raise ConfigError(f"run={str(run_dir)!r} is not allowed: it has no checkpoints yet")
@@ -245,15 +247,28 @@ def evaluate_run(run_dir: Path, episodes: int = 64, max_steps: int = 3000,
 
 
 def run_dirs_under(path: Path) -> list[Path]:
-    """`path` itself if it is a run directory, else its seed_N run directories."""
+    """`path` itself if it is a run directory, else the run directories below it (a sweep's
+    `<config hash>/seed_N`, or a folder of seed_N), each checked against its manifest."""
     path = Path(path)
     if (path / "config.json").exists():
-        return [path]
-    found = sorted(p.parent for p in path.glob("seed_*/config.json"))
+        found = [path]
+    else:
+        found = sorted({p.parent for pattern in ("seed_*/config.json", "*/seed_*/config.json")
+                        for p in path.glob(pattern)})
     if not found:
         raise ConfigError(f"run={str(path)!r} is not allowed: must be a run directory or a "
-                          "folder of seed_N run directories")
+                          "sweep directory holding run directories")
+    for run_dir in found:
+        check_verified(run_dir, "run")
     return found
+
+
+def check_evaluated(run_dir: Path) -> dict[str, Any]:
+    """The manifest of `run_dir`'s behaviour tables, verified (ConfigError if absent or bad)."""
+    behaviour = Path(run_dir) / "behaviour"
+    if not (behaviour / "manifest.json").exists():
+        raise ConfigError(f"run={str(run_dir)!r} is not allowed: evaluate it first (devrl eval)")
+    return check_verified(behaviour, "run")
 
 
 def evaluate_runs(path: Path, **kwargs: Any) -> list[Path]:

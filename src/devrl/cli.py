@@ -1,5 +1,6 @@
-"""Command line: `devrl train | eval | export | llc | figure | verify`. Every bad value exits with status 2 and a message
-naming the parameter and the allowed values, before anything is written."""
+"""Command line: `devrl train | sweep | eval | export | llc | figure | verify`. Every bad value
+exits with status 2 and a message naming the parameter and the allowed values, before anything is
+written."""
 
 from __future__ import annotations
 
@@ -17,20 +18,42 @@ from devrl.config import (
     coerce,
     config_from_dict,
     field_types,
-    make_config,
+    typed,
 )
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, many: bool = False) -> None:
     group = parser.add_argument_group(
-        "hyperparameters (override the scale profile; defaults shown are the cpu scale)")
+        "hyperparameters (override the scale profile; defaults shown are the cpu scale"
+        + ("; several values make an axis of the grid)" if many else ")"))
     defaults = TrainConfig()
     for name in field_types():
         if name == "seed":
             continue
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
-                           metavar="VALUE",
+                           metavar="VALUE", nargs="+" if many else None,
                            help=f"{FIELD_HELP[name]} (cpu default: {getattr(defaults, name)})")
+
+
+def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("execution (Ray)")
+    group.add_argument("--address", default=None,
+                       help="join the Ray cluster at this address (e.g. 10.0.0.1:6379 from "
+                            "`ray start --head`); default: start a local Ray instance")
+    group.add_argument("--num-cpus", type=int, default=None,
+                       help="CPUs of the local Ray instance (default: every core this process "
+                            "may use)")
+    group.add_argument("--threads-per-run", type=int, default=1,
+                       help="CPU cores (XLA threads) per run where there is no GPU; runs at "
+                            "once = CPUs // this (default: 1)")
+    group.add_argument("--runs-per-gpu", type=int, default=1,
+                       help="runs sharing one GPU where Ray sees GPUs (default: 1)")
+    group.add_argument("--stall-timeout", type=float, default=900.0,
+                       help="seconds without a heartbeat before a run is killed and resumed "
+                            "(default: 900)")
+    group.add_argument("--max-restarts", type=int, default=3,
+                       help="restarts per run before giving up (default: 3)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,32 +62,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
-        "train", help="train one or more seeds (one process each, under a watchdog)",
-        description="Train PPO seeds into OUT/seed_N. Rerunning the same command resumes every "
+        "train", help="train one or more seeds of one config (a sweep over seeds)",
+        description="Train PPO seeds of one config into OUT/<config hash>/seed_N, as a sweep "
+                    "over seeds (see `devrl sweep`). Rerunning the same command resumes every "
                     "seed from its last complete checkpoint.")
     train.add_argument("--scale", default="cpu",
                        help=f"profile of defaults: {' | '.join(SCALES)} (default: cpu)")
     train.add_argument("--seeds", nargs="+", type=int, default=None,
                        help="seeds to train (default: the scale's seeds, "
                             + ", ".join(f"{k}: {list(v)}" for k, v in SCALE_SEEDS.items()) + ")")
-    train.add_argument("--out", required=True, help="output directory (one subfolder per seed)")
+    train.add_argument("--out", required=True, help="output (sweep) directory")
     train.add_argument("--config", default=None,
                        help="JSON file of hyperparameters (flags below override it)")
-    train.add_argument("--jobs", type=int, default=1,
-                       help="seeds trained at once, one process each (default: 1)")
-    train.add_argument("--threads-per-run", type=int, default=None,
-                       help="XLA CPU threads per process (default: all; use 1 with --jobs 2)")
-    train.add_argument("--stall-timeout", type=float, default=900.0,
-                       help="seconds without a heartbeat before a run is killed and resumed "
-                            "(default: 900)")
-    train.add_argument("--max-restarts", type=int, default=3,
-                       help="restarts per seed before giving up (default: 3)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_execution_flags(train)
     _add_config_flags(train)
+
+    sweep = sub.add_parser(
+        "sweep", help="train a grid of configs x seeds as Ray tasks; `sweep status DIR`",
+        description="Train every (config, seed) of a grid into OUT/<config hash>/seed_N as Ray "
+                    "tasks, on a local Ray instance or (--address) a cluster. The grid comes "
+                    "from SPEC (YAML or JSON with keys scale, grid, seeds) and flags; a flag "
+                    "given several values is an axis. Rerunning the same command skips "
+                    "finished runs and resumes interrupted ones. `devrl sweep status DIR` shows "
+                    "where a sweep stands.")
+    sweep.add_argument("spec", nargs="?", default=None,
+                       help="sweep file, e.g. {scale: cpu, grid: {memory: [0, 16]}, seeds: [0, 1]}")
+    sweep.add_argument("--out", required=True, help="sweep directory")
+    sweep.add_argument("--scale", default=None,
+                       help=f"profile of defaults: {' | '.join(SCALES)} (default: the file's, "
+                            "else cpu)")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=None,
+                       help="seeds of every grid point (default: the file's, else the scale's)")
+    _add_execution_flags(sweep)
+    _add_config_flags(sweep, many=True)
+
+    status = sub.add_parser("sweep-status", help=argparse.SUPPRESS)
+    status.add_argument("sweep_dir")
 
     one = sub.add_parser("train-one", help=argparse.SUPPRESS)
     one.add_argument("--out", required=True)
     one.add_argument("--config-json", required=True)
+    one.add_argument("--parent-pid", type=int, default=None)
+    one.add_argument("--cpus", default=None)
 
     ev = sub.add_parser(
         "eval", help="behaviour of every checkpoint: episodes and probe-set policy tables",
@@ -107,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     figure = sub.add_parser(
         "figure", help="rerun one figure notebook with papermill",
         description="Execute notebooks/NAME.md with papermill (kernel 'devrl', cwd notebooks/) "
-                    "and write the executed notebook to _build/papermill/NAME.ipynb and the "
-                    "figure to _build/figures/. With -p recompute True the figure's data is "
-                    "regenerated from scratch (training included) into data/.")
+                    "into one output folder: the executed notebook and the figure's exports. "
+                    "With the notebook's default parameters that is the book's build "
+                    "(_build/papermill/ and _build/figures/); with others, a folder of its own "
+                    "under DEVRL_RUNS/../figures/ (or --out). Parameter values are checked "
+                    "against the notebook and its data before a kernel starts. With -p "
+                    "recompute True the figure's data is regenerated from scratch (training "
+                    "included) into data/.")
     figure.add_argument("name", help="notebook name (a file in notebooks/ without .md)")
     figure.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                         metavar=("KEY", "VALUE"),
@@ -119,29 +162,43 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds each cell may run (default: 3600)")
     figure.add_argument("--list", action="store_true",
                         help="print the notebook's parameters and exit")
+    figure.add_argument("--out", default=None,
+                        help="output folder for the executed notebook and the exports")
 
-    verify = sub.add_parser("verify", help="recompute the checksums of manifests")
+    verify = sub.add_parser(
+        "verify", help="check folders against their manifests",
+        description="Check every manifest.json below PATHS: each problem (malformed manifest, "
+                    "missing, changed or unlisted file, or a run interrupted mid-checkpoint) is "
+                    "reported per manifest; exit status 1 if there is any.")
     verify.add_argument("paths", nargs="+", help="directories holding a manifest.json (searched "
                                                  "recursively)")
     return parser
 
 
-def _config_overrides(args: argparse.Namespace) -> dict:
+def _config_file(path_text: str | None) -> dict:
+    if not path_text:
+        return {}
+    path = Path(path_text)
+    if not path.is_file():
+        raise ConfigError(f"config={path_text!r} is not allowed: must be an existing JSON file")
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as error:
+        raise ConfigError(f"config={path_text!r} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config={path_text!r} is not allowed: must hold a JSON object of "
+                          "parameter names to values")
+    values.pop("seed", None)
+    return typed(values)  # the same type checks as flags: exit 2, the parameter named
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict:
     overrides = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"config={args.config!r} is not allowed: must be an existing "
-                              "JSON file")
-        try:
-            overrides.update(json.loads(path.read_text()))
-        except ValueError as error:
-            raise ConfigError(f"config={args.config!r} is not valid JSON: {error}") from None
-        overrides.pop("seed", None)
     for name in field_types():
         value = getattr(args, name, None)
         if value is not None:
-            overrides[name] = coerce(name, value)
+            overrides[name] = ([coerce(name, v) for v in value] if isinstance(value, list)
+                               else coerce(name, value))
     return overrides
 
 
@@ -150,29 +207,54 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name}={value!r} is not allowed: must be >= 1")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from devrl.launch import train_seeds
-
-    overrides = _config_overrides(args)
-    if args.scale not in SCALES:
-        raise ConfigError(f"scale={args.scale!r} is not allowed: must be one of "
-                          f"{', '.join(SCALES)}")
-    _positive("jobs", args.jobs)
+def _execution(args: argparse.Namespace) -> dict:
+    _positive("threads_per_run", args.threads_per_run)
+    _positive("runs_per_gpu", args.runs_per_gpu)
     _positive("stall_timeout", args.stall_timeout)
-    if args.threads_per_run is not None:
-        _positive("threads_per_run", args.threads_per_run)
+    if args.num_cpus is not None:
+        _positive("num_cpus", args.num_cpus)
     if args.max_restarts < 0:
         raise ConfigError(f"max_restarts={args.max_restarts} is not allowed: must be >= 0")
-    seeds = args.seeds if args.seeds is not None else list(SCALE_SEEDS[args.scale])
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds={seeds} is not allowed: seeds must be distinct")
-    configs = [make_config(args.scale, **overrides, seed=seed) for seed in seeds]
-    return train_seeds(configs, Path(args.out), jobs=args.jobs, stall_timeout=args.stall_timeout,
-                       max_restarts=args.max_restarts, threads_per_run=args.threads_per_run,
-                       show_progress=not args.quiet)
+    return {"address": args.address, "num_cpus": args.num_cpus,
+            "threads_per_run": args.threads_per_run, "runs_per_gpu": args.runs_per_gpu,
+            "stall_timeout": args.stall_timeout, "max_restarts": args.max_restarts,
+            "show_progress": not args.quiet}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from devrl.sweep import make_spec, run_sweep
+
+    overrides = {**_config_file(args.config), **_flag_overrides(args)}
+    execution = _execution(args)
+    spec = make_spec(args.scale, {k: [v] for k, v in overrides.items()}, args.seeds)
+    return run_sweep(spec, Path(args.out), **execution)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from devrl.sweep import load_spec, make_spec, run_sweep
+
+    execution = _execution(args)
+    base = load_spec(Path(args.spec)) if args.spec else None
+    scale = args.scale or (base.scale if base else "cpu")
+    grid = {k: list(v) for k, v in base.grid.items()} if base else {}
+    grid.update(_flag_overrides(args))
+    seeds = args.seeds if args.seeds is not None else (list(base.seeds) if base else None)
+    spec = make_spec(scale, grid, seeds)
+    return run_sweep(spec, Path(args.out), **execution)
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    from devrl.sweep import format_status, sweep_status
+
+    rows = sweep_status(Path(args.sweep_dir))
+    print(format_status(rows))
+    return 0
 
 
 def cmd_train_one(args: argparse.Namespace) -> int:
+    from devrl.sweep import become_trainer
+
+    become_trainer(args.parent_pid, args.cpus)  # before JAX initialises
     from devrl.runs import train
 
     config = config_from_dict(json.loads(args.config_json))
@@ -231,7 +313,8 @@ def cmd_figure(args: argparse.Namespace) -> int:
     import papermill
 
     try:
-        executed = run_figure(args.name, values, timeout=args.timeout)
+        executed = run_figure(args.name, values, timeout=args.timeout,
+                              output_dir=Path(args.out) if args.out else None)
     except papermill.PapermillExecutionError as error:
         print(f"devrl figure: the notebook {args.name!r} failed in cell {error.exec_count}: "
               f"{error.ename}: {error.evalue}", file=sys.stderr)
@@ -251,21 +334,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
         manifests += sorted(root.rglob("manifest.json"))
     if not manifests:
         raise ConfigError(f"paths={args.paths} is not allowed: no manifest.json found below them")
-    problems = []
+    failed = 0
     for manifest in manifests:
         found = verify_manifest(manifest.parent)
-        problems += found
-        print(f"{'FAIL' if found else 'ok  '} {manifest.parent}")
-    for problem in problems:
-        print(f"  {problem}", file=sys.stderr)
-    return 1 if problems else 0
+        if not found:
+            print(f"ok          {manifest.parent}")
+            continue
+        failed += 1
+        if all(p.kind == "interrupted" for p in found):
+            print(f"interrupted {manifest.parent}: rerun to resume")
+            continue
+        print(f"FAIL        {manifest.parent}")
+        for problem in found:
+            print(f"  {problem.kind}: {problem}")
+    return 1 if failed else 0
 
 
-COMMANDS = {"train": cmd_train, "train-one": cmd_train_one, "eval": cmd_eval,
-            "export": cmd_export, "llc": cmd_llc, "figure": cmd_figure, "verify": cmd_verify}
+COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "sweep-status": cmd_sweep_status,
+            "train-one": cmd_train_one, "eval": cmd_eval, "export": cmd_export, "llc": cmd_llc,
+            "figure": cmd_figure, "verify": cmd_verify}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["sweep", "status"]:  # `devrl sweep status DIR`
+        argv = ["sweep-status", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -68,6 +68,10 @@ class TrainConfig:
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def point_hash(self) -> str:
+        """Hash of every field but the seed: the grid point a run belongs to (its folder name)."""
+        return dataclasses.replace(self, seed=0).config_hash()[:12]
+
     def validate(self) -> TrainConfig:
         def bad(name: str, allowed: str) -> None:
             raise ConfigError(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
@@ -160,12 +164,34 @@ def make_config(scale: str = "cpu", **overrides: Any) -> TrainConfig:
     """The config of `scale`, with `overrides` applied, validated."""
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
-    known = field_types()
-    for name in overrides:
-        if name not in known:
-            raise ConfigError(f"unknown parameter {name!r}: allowed are {', '.join(known)}")
-    values = {**SCALE_OVERRIDES[scale], **overrides}
+    values = {**SCALE_OVERRIDES[scale], **typed(overrides)}
     return TrainConfig(**values).validate()
+
+
+def check_type(name: str, value: Any) -> Any:
+    """`value` as field `name`'s type, or a ConfigError naming the parameter and the type.
+
+    Values from JSON or YAML files pass through here as flags do: a bool must be a bool (not the
+    string "no"), an int an integer (8e6 is taken, 8.5 is not), a float any number."""
+    types = field_types()
+    if name not in types:
+        raise ConfigError(f"unknown parameter {name!r}: allowed are {', '.join(types)}")
+    kind = types[name]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and number and float(value).is_integer():
+        return int(value)
+    if kind is float and number:
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    allowed = "true or false" if kind is bool else f"of type {kind.__name__}"
+    raise ConfigError(f"{name}={value!r} is not allowed: must be {allowed}")
+
+
+def typed(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: check_type(name, value) for name, value in values.items()}
 
 
 def coerce(name: str, text: str) -> Any:
@@ -187,10 +213,13 @@ def coerce(name: str, text: str) -> Any:
             from None
 
 
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+def config_from_dict(data: Any) -> TrainConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config={data!r} is not allowed: must be a mapping of parameter names "
+                          "to values")
     known = field_types()
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}: allowed are "
                           f"{', '.join(known)}")
-    return TrainConfig(**data).validate()
+    return TrainConfig(**typed(data)).validate()

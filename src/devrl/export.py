@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from devrl.behaviour import load_config, run_dirs_under
+from devrl.behaviour import check_evaluated, load_config, run_dirs_under
 from devrl.config import ConfigError
 from devrl.runs import (
     atomic_write_npz,
     atomic_write_parquet,
+    check_verified,
     list_checkpoints,
     load_params,
     params_to_flat,
@@ -47,7 +48,7 @@ def _float32(frame: pd.DataFrame) -> pd.DataFrame:
 
 def export_runs(sources: list[Path], out: Path, checkpoints: int = 8) -> Path:
     """Write the compact export of every seed under `sources` into `out` (replaced atomically)."""
-    run_dirs = [run_dir for source in sources for run_dir in run_dirs_under(source)]
+    run_dirs = [run_dir for source in sources for run_dir in run_dirs_under(source)]  # verified
     seeds = [load_config(run_dir).seed for run_dir in run_dirs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"run={[str(r) for r in run_dirs]} is not allowed: each seed may "
@@ -60,11 +61,9 @@ def export_runs(sources: list[Path], out: Path, checkpoints: int = 8) -> Path:
     metrics, episodes, policies, runs = [], [], [], []
     for run_dir in run_dirs:
         config = load_config(run_dir)
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = check_verified(run_dir, "run")
+        check_evaluated(run_dir)
         behaviour = run_dir / "behaviour"
-        if not (behaviour / "episodes.parquet").exists():
-            raise ConfigError(f"run={str(run_dir)!r} is not allowed: evaluate it first "
-                              "(devrl eval)")
         frame = pd.read_parquet(run_dir / "metrics.parquet")
         frame.insert(0, "seed", config.seed)
         metrics.append(_float32(frame))

@@ -8,13 +8,19 @@ lines are annotated assignments (`seeds: list[int] | None = None`); the annotati
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devrl.analysis import repo_root
-from devrl.config import ConfigError
+from devrl.analysis import data_root, repo_root, runs_root
+from devrl.config import SCALES, ConfigError
 
 KERNEL_NAME = "devrl"
 SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -121,7 +127,79 @@ def check_overrides(name: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
                               f"{parameters[key].annotation}; notebook {name!r} has these "
                               f"parameters:\n{listing}")
         values[key] = value
+    check_against_data(name, parameters, values)
     return values
+
+
+def data_sets_read(parameters: dict[str, Parameter], scale: str) -> list[str]:
+    """The data folders the notebook reads at `scale`, from its `scale` parameter's comment
+    (`reads data/llc-<scale> and data/craftax-<scale>`), the one place each notebook states it."""
+    comment = parameters["scale"].comment if "scale" in parameters else ""
+    return [f"{stem}-{scale}" for stem in re.findall(r"data/([A-Za-z0-9_-]+?)-<scale>", comment)]
+
+
+def check_against_data(name: str, parameters: dict[str, Parameter],
+                       values: dict[str, Any]) -> None:
+    """Check `scale` and `seeds` against the scales and the data the notebook reads, before a
+    kernel starts: a value the notebook would refuse is refused here (exit status 2)."""
+    merged = {key: p.default for key, p in parameters.items()} | values
+    scale = merged.get("scale")
+    if "scale" in merged and scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    if merged.get("recompute") or "scale" not in merged:
+        return
+    folders = [data_root() / stem for stem in data_sets_read(parameters, scale)]
+    for folder in folders:
+        if not (folder / "manifest.json").exists():
+            present = sorted(s for s in SCALES if all(
+                (data_root() / stem).exists() for stem in data_sets_read(parameters, s)))
+            raise ConfigError(f"scale={scale!r} is not allowed with recompute=False: {folder} "
+                              f"holds no data set; allowed: {', '.join(present) or 'none'}, or "
+                              "-p recompute True to make it")
+    seeds = merged.get("seeds")
+    if seeds and folders and "unused" not in parameters["seeds"].comment:
+        runs = json.loads((folders[0] / "manifest.json").read_text()).get("runs", [])
+        available = sorted(r["seed"] for r in runs)
+        if runs and not set(seeds) <= set(available):
+            raise ConfigError(f"seeds={seeds} is not allowed: {folders[0]} holds seeds "
+                              f"{available}")
+
+
+def is_default(name: str, values: dict[str, Any]) -> bool:
+    parameters = read_parameters(notebook_path(name))
+    return all(parameters[key].default == value for key, value in values.items())
+
+
+def default_output_dir(name: str, values: dict[str, Any]) -> Path:
+    """The book's build for the default parameters; otherwise a folder of this notebook and
+    these values outside it, so a rerun never replaces the book's figures."""
+    if is_default(name, values):
+        return repo_root() / "_build" / "papermill"
+    key = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+    return runs_root().parent / "figures" / f"{name}-{key}"
+
+
+@contextlib.contextmanager
+def notebook_lock(name: str):
+    """One `devrl figure NAME` at a time (its recompute writes data/ and a shared cache)."""
+    folder = runs_root() / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"figure-{name}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise ConfigError(f"name={name!r} is not allowed now: another devrl figure {name} "
+                              f"is running ({handle.read().strip() or 'unknown'}); wait for it"
+                              ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_kernel() -> str:
@@ -139,17 +217,32 @@ def ensure_kernel() -> str:
 
 def run_figure(name: str, parameters: dict[str, Any], timeout: float = 3600.0,
                output_dir: Path | None = None) -> Path:
-    """Execute notebook `name` with papermill and `parameters`; return the executed notebook."""
+    """Execute notebook `name` with papermill and `parameters` into one output folder (the
+    executed notebook and, unless it is the book's build, the figure's exports); return the
+    executed notebook. `output_dir` defaults to `default_output_dir`."""
     import jupytext
     import papermill
 
     path = notebook_path(name)
-    output_dir = Path(output_dir) if output_dir else repo_root() / "_build" / "papermill"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    source = output_dir / f"{name}.source.ipynb"
-    jupytext.write(jupytext.read(path), source)
-    executed = output_dir / f"{name}.ipynb"
-    papermill.execute_notebook(
-        str(source), str(executed), parameters=parameters, kernel_name=ensure_kernel(),
-        cwd=str(path.parent), execution_timeout=timeout, progress_bar=False)
+    book = output_dir is None and is_default(name, parameters)
+    output_dir = Path(output_dir) if output_dir else default_output_dir(name, parameters)
+    with notebook_lock(name):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        source = output_dir / f".{name}.source.ipynb"
+        jupytext.write(jupytext.read(path), source)
+        executed = output_dir / f"{name}.ipynb"
+        previous = os.environ.get("DEVRL_FIGURES")
+        if not book:  # the kernel inherits this: exports go beside the executed notebook
+            os.environ["DEVRL_FIGURES"] = str(output_dir)
+        try:
+            papermill.execute_notebook(
+                str(source), str(executed), parameters=parameters,
+                kernel_name=ensure_kernel(), cwd=str(path.parent), execution_timeout=timeout,
+                progress_bar=False)
+        finally:
+            if previous is None:
+                os.environ.pop("DEVRL_FIGURES", None)
+            else:
+                os.environ["DEVRL_FIGURES"] = previous
+            source.unlink(missing_ok=True)
     return executed

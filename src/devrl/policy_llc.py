@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from devrl.behaviour import load_config, run_dirs_under
+from devrl.behaviour import check_evaluated, load_config, run_dirs_under
 from devrl.config import SCALES, ConfigError, TrainConfig
 from devrl.envs import ACTION_NAMES, CONTEXTS
 from devrl.llc import LLCDivergenceError, LLCResult, estimate_llc, restrict_data
@@ -492,7 +492,9 @@ def export_llc(sources: list[Path], out: Path, scale: str,
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
     settings = LLC_SETTINGS[scale]
-    run_dirs = [run_dir for source in sources for run_dir in run_dirs_under(source)]
+    run_dirs = [run_dir for source in sources for run_dir in run_dirs_under(source)]  # verified
+    for run_dir in run_dirs:
+        check_evaluated(run_dir)  # the probe set comes from the behaviour tables
     seeds = [load_config(run_dir).seed for run_dir in run_dirs]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"run={[str(r) for r in run_dirs]} is not allowed: each seed may "

@@ -7,7 +7,13 @@ A run directory (one seed) holds::
     metrics.parquet  one row per PPO update
     checkpoints/params_UUUUUU.npz   network parameters after UUUUUU updates (float32)
     progress.json    heartbeat for the watchdog (not checksummed)
-    state/latest.npz the complete training state of the last checkpoint, for resume
+    task.json        where the sweep runs it: host, Ray node, worker and trainer pids (not
+                     checksummed)
+    state/latest.npz the complete training state of the last checkpoint, by tree path, for resume
+
+Each checkpoint first records the checksums of the files it is about to write under the
+manifest's `pending` key, then writes them, then rewrites the manifest without it: a run killed in
+between verifies as "interrupted: rerun to resume", never as corrupt.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import pandas as pd
 from devrl.config import ConfigError, TrainConfig, config_from_dict
 
 # Files of a run directory that change after training or only serve resume: not checksummed.
-RUN_SCRATCH = ("state/", "progress.json", "train.log", "behaviour/")
+RUN_SCRATCH = ("state/", "progress.json", "task.json", "train.log", "behaviour/", "llc/")
 PACKAGES = ("devrl", "jax", "jaxlib", "flax", "optax", "craftax", "numpy", "pandas")
 
 
@@ -47,6 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; files follow the umask
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -56,6 +63,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def replace_dir(staging: Path, out: Path) -> Path:
@@ -81,16 +101,24 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> None:
+def npz_bytes(arrays: dict[str, np.ndarray], compress: bool = False) -> bytes:
     buffer = io.BytesIO()
     (np.savez_compressed if compress else np.savez)(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> None:
+    atomic_write_bytes(path, npz_bytes(arrays, compress))
 
 
 def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, parquet_bytes(frame))
 
 
 def sha256_file(path: Path) -> str:
@@ -129,7 +157,8 @@ def now() -> str:
 
 
 def write_manifest(directory: Path, extra: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict:
-    """Checksum every file under `directory` (except manifest.json and `exclude` prefixes)."""
+    """Checksum every file under `directory` (except manifest.json, dotfiles and `exclude`
+    prefixes, which the manifest records as `unchecked`)."""
     directory = Path(directory)
     files = {}
     for path in sorted(directory.rglob("*")):
@@ -138,26 +167,104 @@ def write_manifest(directory: Path, extra: dict[str, Any], exclude: tuple[str, .
                 and not rel.startswith(exclude)):
             files[rel] = sha256_file(path)
     manifest = {**extra, "versions": package_versions(), "git_commit": git_commit(),
-                "written": now(), "files": files}
+                "written": now(), "unchecked": list(exclude), "files": files}
     atomic_write_json(directory / "manifest.json", manifest)
     return manifest
 
 
-def verify_manifest(directory: Path) -> list[str]:
-    """Problems found when recomputing the checksums of `directory`'s manifest (empty = all good)."""
-    directory = Path(directory)
-    path = directory / "manifest.json"
-    if not path.exists():
-        return [f"{path}: no manifest.json"]
+def mark_pending(directory: Path, files: dict[str, bytes]) -> None:
+    """Record in the manifest the checksums of `files` (relative path -> bytes) about to be
+    written, so that a kill before the manifest is rewritten reads as an interruption."""
+    path = Path(directory) / "manifest.json"
     manifest = json.loads(path.read_text())
-    problems = []
-    for rel, expected in manifest.get("files", {}).items():
+    manifest["pending"] = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    atomic_write_json(path, manifest)
+
+
+class Problem(str):
+    """One finding of `verify_manifest`: a message, and its `kind`: malformed, missing,
+    changed, unlisted or interrupted."""
+
+    kind: str
+
+    def __new__(cls, kind: str, message: str) -> Problem:
+        problem = super().__new__(cls, message)
+        problem.kind = kind
+        return problem
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of `directory`; ConfigError if it is missing or malformed."""
+    path = Path(directory) / "manifest.json"
+    if not path.exists():
+        raise ConfigError(f"{path}: no manifest.json")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: malformed manifest ({error})") from None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
+            and all(isinstance(v, str) for v in manifest["files"].values())):
+        raise ConfigError(f"{path}: malformed manifest (no 'files' mapping of paths to sha256)")
+    return manifest
+
+
+def verify_manifest(directory: Path) -> list[Problem]:
+    """Problems found when checking `directory` against its manifest (empty = all good).
+
+    Files listed but absent are `missing`; listed files whose checksum differs are `changed`;
+    files present but not listed (outside the manifest's `unchecked` prefixes, dotfiles and
+    subfolders with a manifest of their own) are `unlisted`. Differences explained by the
+    manifest's `pending` checksums are one `interrupted` problem: a run killed mid-checkpoint.
+    """
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+    except ConfigError as error:
+        return [Problem("missing" if "no manifest" in str(error) else "malformed", str(error))]
+    listed = manifest["files"]
+    pending = manifest.get("pending") or {}
+    unchecked = tuple(manifest.get("unchecked", ()))
+    problems: list[Problem] = []
+    interrupted = bool(pending)
+    for rel, expected in listed.items():
         target = directory / rel
-        if not target.exists():
-            problems.append(f"{target}: missing")
-        elif sha256_file(target) != expected:
-            problems.append(f"{target}: checksum differs from manifest")
+        if not target.is_file():
+            if rel not in pending:
+                problems.append(Problem("missing", f"{target}: missing"))
+            continue
+        actual = sha256_file(target)
+        if actual != expected and pending.get(rel) != actual:
+            problems.append(Problem("changed", f"{target}: checksum differs from manifest"))
+    nested = [p.parent for p in directory.rglob("manifest.json") if p.parent != directory]
+    for target in sorted(directory.rglob("*")):
+        rel = target.relative_to(directory).as_posix()
+        if (not target.is_file() or rel == "manifest.json" or rel in listed
+                or any(part.startswith(".") for part in target.relative_to(directory).parts)
+                or rel.startswith(unchecked) or any(n in target.parents for n in nested)):
+            continue
+        if rel in pending and sha256_file(target) == pending[rel]:
+            continue
+        problems.append(Problem("unlisted", f"{target}: present but not in the manifest"))
+    if interrupted and not problems:
+        return [Problem("interrupted", f"{directory}: interrupted while writing a checkpoint: "
+                                       "rerun to resume")]
     return problems
+
+
+def check_verified(directory: Path, name: str = "run") -> dict[str, Any]:
+    """The manifest of `directory` after verifying it; a ConfigError naming `name` otherwise.
+    Every consumer of a run directory or data set calls this before reading it."""
+    problems = verify_manifest(directory)
+    if problems:
+        if all(p.kind == "interrupted" for p in problems):
+            raise ConfigError(f"{name}={str(directory)!r} is not allowed yet: it was "
+                              "interrupted while writing a checkpoint; rerun its training to "
+                              "resume it first")
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more"
+                                            if len(problems) > 3 else "")
+        raise ConfigError(f"{name}={str(directory)!r} is not allowed: it does not match its "
+                          f"manifest ({shown})")
+    return read_manifest(directory)
 
 
 # ---------------------------------------------------------------- run directory
@@ -226,28 +333,53 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def save_runner(path: Path, runner: Any) -> None:
+def tree_arrays(tree: Any) -> dict[str, np.ndarray]:
+    """The leaves of `tree` keyed by their path (`.train_state.params['params']['actor_0']...`)."""
     import jax
 
-    leaves = jax.tree.leaves(jax.device_get(runner))
-    atomic_write_npz(path, {f"leaf_{i:05d}": np.asarray(x) for i, x in enumerate(leaves)})
+    flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def save_runner(path: Path, runner: Any) -> None:
+    atomic_write_npz(path, tree_arrays(runner))
 
 
 def load_runner(path: Path, template: Any) -> Any:
+    """The state saved at `path`, put into `template`'s tree by path, never by leaf position:
+    two leaves of equal shape (the actor's and the critic's hidden layers) cannot swap."""
     import jax
 
-    leaves, treedef = jax.tree.flatten(template)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
     with np.load(path) as data:
-        stored = [data[f"leaf_{i:05d}"] for i in range(len(data.files))]
-    if len(stored) != len(leaves) or any(
-            a.shape != b.shape or a.dtype != b.dtype for a, b in zip(stored, leaves)):
-        raise ConfigError(f"{path}: saved training state does not match this config; "
-                          "resume needs the config it was made with")
-    return jax.tree.unflatten(treedef, [jax.numpy.asarray(x) for x in stored])
+        stored = {k: data[k] for k in data.files}
+    wanted = {jax.tree_util.keystr(p): leaf for p, leaf in flat}
+    missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
+    mismatched = [k for k in wanted if k in stored and (
+        stored[k].shape != wanted[k].shape or stored[k].dtype != wanted[k].dtype)]
+    if missing or extra or mismatched:
+        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for label, keys in (("not saved", missing), ("not in this state",
+                                               extra), ("other shape or dtype", mismatched))
+                           if keys)
+        raise ConfigError(f"{path}: saved training state does not match this config and code "
+                          f"({detail}); resume needs the config and code it was made with")
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.numpy.asarray(stored[jax.tree_util.keystr(p)]) for p, _ in flat])
 
 
 # ---------------------------------------------------------------- training driver
 ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def lock_wait() -> float:
+    """Seconds a trainer waits for a run directory held by another process (DEVRL_LOCK_WAIT)."""
+    text = os.environ.get("DEVRL_LOCK_WAIT", "30")
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise ConfigError(f"DEVRL_LOCK_WAIT={text!r} is not allowed: must be a number of "
+                          "seconds") from None
 
 
 def train(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
@@ -255,19 +387,35 @@ def train(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None
     """Train (or resume) one seed in `run_dir`. `stop_after_updates` ends early (for tests)."""
     run_dir = Path(run_dir)
     prepare_run_dir(config, run_dir)
-    with exclusive_lock(run_dir):
+    with exclusive_lock(run_dir, wait=lock_wait()):
         return _train_locked(config, run_dir, progress, stop_after_updates)
 
 
 @contextlib.contextmanager
-def exclusive_lock(run_dir: Path):
-    """Hold an exclusive lock on `run_dir` so two processes never train into it at once."""
-    with open(Path(run_dir) / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"out={str(run_dir)!r} is not allowed: another process is "
-                              "training into it (wait for it, or stop it first)") from None
+def exclusive_lock(run_dir: Path, wait: float = 30.0):
+    """Hold an exclusive lock on `run_dir` so two processes never train into it at once.
+
+    The lock is an flock, so the kernel releases it when its holder dies however it dies; a
+    lock still held after `wait` seconds belongs to a live process, named in the error."""
+    path = Path(run_dir) / ".lock"
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "unknown"
+                    raise ConfigError(
+                        f"out={str(run_dir)!r} is not allowed: another live process is "
+                        f"training into it ({holder}); wait for it, or stop it first") from None
+                time.sleep(0.5)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on host {platform.node()}\n")
+        handle.flush()
         try:
             yield
         finally:
@@ -297,13 +445,21 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | Non
     metrics = pd.read_parquet(run_dir / "metrics.parquet") if done else None
     if metrics is not None:
         metrics = metrics[metrics["update"] <= done]
+    extra = {"config": config.to_dict(), "config_hash": config.config_hash(),
+             "seed": config.seed, "schedule": schedule, "compile_seconds": compile_seconds,
+             # Results are bitwise reproducible for equal code, config and XLA threads (the
+             # CPUs the trainer may run on: XLA sizes its thread pool by them).
+             "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_count": os.cpu_count(),
+             "threads": len(os.sched_getaffinity(0)), "backend": jax.default_backend()}
+
+    def manifest(updates: int) -> None:
+        write_manifest(run_dir, {**extra, "complete": updates == config.num_updates,
+                                 "updates_done": updates}, exclude=RUN_SCRATCH)
+
     if done == 0:
         atomic_write_npz(run_dir / "checkpoints" / "params_000000.npz",
                          params_to_flat(runner.train_state.params))
-    extra = {"config": config.to_dict(), "config_hash": config.config_hash(),
-             "seed": config.seed, "schedule": schedule, "compile_seconds": compile_seconds,
-             # Results are bitwise reproducible for equal code, config and XLA thread settings.
-             "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_count": os.cpu_count()}
+        manifest(0)
 
     for target in schedule:
         if target <= done:
@@ -321,9 +477,12 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | Non
         chunk["sps"] = n * config.steps_per_update / seconds
         metrics = chunk if metrics is None else pd.concat([metrics, chunk], ignore_index=True)
         done = target
-        atomic_write_npz(run_dir / "checkpoints" / f"params_{done:06d}.npz",
-                         params_to_flat(runner.train_state.params))
-        atomic_write_parquet(run_dir / "metrics.parquet", metrics)
+        files = {f"checkpoints/params_{done:06d}.npz":
+                 npz_bytes(params_to_flat(runner.train_state.params)),
+                 "metrics.parquet": parquet_bytes(metrics)}
+        mark_pending(run_dir, files)
+        for rel, data in files.items():
+            atomic_write_bytes(run_dir / rel, data)
         save_runner(state_path, runner)
         last = chunk.iloc[-1]
         info = {"update": done, "num_updates": config.num_updates,
@@ -333,11 +492,15 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | Non
                 "place_attempts": float(last["place_attempts"]),
                 "place_plant_success": float(last["achievement_place_plant"])}
         heartbeat(run_dir, status="training", config=config, **info)
-        write_manifest(run_dir, {**extra, "complete": done == config.num_updates,
-                                 "updates_done": done}, exclude=RUN_SCRATCH)
+        manifest(done)
         if progress:
             progress(info)
     if done == config.num_updates:
+        # A kill after the last state was saved but before its manifest: the loop above had
+        # nothing left to do, so the final manifest is written here.
+        stored = json.loads((run_dir / "manifest.json").read_text())
+        if not stored.get("complete") or stored.get("pending"):
+            manifest(done)
         heartbeat(run_dir, status="complete", update=done, config=config)
     return run_dir
 

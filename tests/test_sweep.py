@@ -1,0 +1,241 @@
+"""Sweeps on Ray: a grid of 2 configs x 2 seeds on a two-node Ray cluster started on 127.0.0.1 (as
+the README's cluster recipe starts one), a Ray worker killed mid-run, the launcher killed
+(SIGKILL, SIGHUP) and rerun, the stall watchdog, giving up loudly, permanent errors not retried.
+Every finished run is compared bitwise with an uninterrupted sweep of the same grid.
+
+Runs compared bitwise use the same number of cores per trainer (`--threads-per-run 1`): XLA's
+CPU reductions are deterministic for a fixed thread count, not across thread counts."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+from devrl.config import make_config
+from devrl.runs import list_checkpoints, load_params, read_progress, verify_manifest
+from devrl.sweep import make_spec, run_dir_for, sweep_status
+
+pytestmark = pytest.mark.slow
+
+# Long enough (120 updates) that a run can be caught between its first and its last checkpoint.
+BASE = {"total_env_steps": 8 * 16 * 120, "checkpoint_every_updates": 10}
+SPEC = make_spec("smoke", {"width": [16, 32], **{k: [v] for k, v in BASE.items()}}, [0, 1])
+TRAIN_FLAGS = ["--scale", "smoke", "--width", "32", "--total-env-steps",
+               str(BASE["total_env_steps"]), "--checkpoint-every-updates",
+               str(BASE["checkpoint_every_updates"]), "--threads-per-run", "1", "--quiet"]
+DEVRL = [sys.executable, "-m", "devrl.cli"]
+
+
+def write_spec(folder: Path) -> Path:
+    path = folder / "grid.yaml"
+    path.write_text("scale: smoke\nseeds: [0, 1]\ngrid:\n  width: [16, 32]\n"
+                    f"  total_env_steps: {BASE['total_env_steps']}\n"
+                    f"  checkpoint_every_updates: {BASE['checkpoint_every_updates']}\n")
+    return path
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bitwise-equal checkpoints and metrics (except wall-clock columns)."""
+    ckpt_a, ckpt_b = list_checkpoints(a), list_checkpoints(b)
+    assert [u for u, _ in ckpt_a] == [u for u, _ in ckpt_b]
+    for (_, pa), (_, pb) in zip(ckpt_a, ckpt_b):
+        for x, y in zip(jax.tree.leaves(load_params(pa)), jax.tree.leaves(load_params(pb))):
+            np.testing.assert_array_equal(x, y)
+    ma = pd.read_parquet(a / "metrics.parquet").drop(columns="sps")
+    mb = pd.read_parquet(b / "metrics.parquet").drop(columns="sps")
+    pd.testing.assert_frame_equal(ma, mb)
+
+
+def wait_for(predicate, timeout: float = 900, what: str = "a condition"):
+    deadline = time.time() + timeout  # compiling is slow on a loaded machine
+    while time.time() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def training_run(sweep_dir: Path):
+    """A run of `sweep_dir` past its first checkpoint and not finished: (run dir, task.json)."""
+    for run_dir in sorted(sweep_dir.glob("*/seed_*")):
+        progress = read_progress(run_dir) or {}
+        task = run_dir / "task.json"
+        if (progress.get("status") == "training" and 1 <= progress.get("update", 0)
+                < progress["num_updates"] and task.exists()):
+            info = json.loads(task.read_text())
+            if info["trainer_pid"] == progress["pid"]:
+                return run_dir, info
+    return None
+
+
+def gone(pid: int, timeout: float = 20) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie has exited; only its parent has not collected it yet
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The grid trained once without interruption, on a local Ray instance."""
+    out = tmp_path_factory.mktemp("reference") / "sweep"
+    spec = write_spec(out.parent)
+    result = run_cli("sweep", str(spec), "--out", str(out), "--quiet", timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head and a worker node with one CPU each on 127.0.0.1, started with `ray start` as the
+    cluster recipe does; afterwards every process of this cluster is stopped."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    head = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1",
+                           f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
+                           *common], env=env, capture_output=True, text=True, timeout=180)
+    assert head.returncode == 0, head.stderr[-2000:]
+    worker = subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", *common], env=env,
+                            capture_output=True, text=True, timeout=180)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_cluster_sweep_survives_a_killed_worker_and_resubmits_to_nothing(
+        ray_cluster, reference, tmp_path):
+    address, env = ray_cluster
+    out = tmp_path / "sweep"
+    command = [*DEVRL, "sweep", str(write_spec(tmp_path)), "--out", str(out), "--address",
+               address, "--quiet"]
+    launcher = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    run_dir, task = wait_for(lambda: training_run(out), what="a run past its first checkpoint")
+    os.kill(task["worker_pid"], signal.SIGKILL)  # the Ray worker, mid-run
+    assert gone(task["trainer_pid"]), "the trainer outlived its Ray worker"
+    _, stderr = launcher.communicate(timeout=1500)
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert f"run {run_dir.parent.name}/{run_dir.name}: its Ray worker died" in stderr
+    assert "restarting from the last checkpoint (restart 1 of 3)" in stderr
+    for _, config in SPEC.configs():
+        assert_same_run(run_dir_for(reference, config), run_dir_for(out, config))
+        manifest = json.loads((run_dir_for(out, config) / "manifest.json").read_text())
+        assert manifest["complete"] and manifest["threads"] == 1  # pinned to one core
+    nodes = {json.loads((r / "task.json").read_text())["node_id"] for r in out.glob("*/seed_*")}
+    assert len(nodes) == 2, "the sweep did not spread over both nodes"
+    rows = sweep_status(out)
+    assert [r["status"] for r in rows] == ["done"] * 4
+    status = run_cli("sweep", "status", str(out))
+    assert status.returncode == 0 and "4 runs: 4 done" in status.stdout
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "all 4 runs" in again.stderr and "nothing to run" in again.stderr
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    changed = [p for p in after if before.get(p) != after[p] and p.name != "sweep.json"]
+    assert changed == []
+
+
+def test_killed_launcher_leaves_no_trainer_and_the_rerun_finishes_bitwise(reference, tmp_path):
+    """SIGHUP (a closed terminal) and SIGKILL (the OOM killer) of `devrl train` itself, not of
+    its process group: its trainers must stop with it, and the rerun resumes them."""
+    out = tmp_path / "runs"
+    command = [*DEVRL, "train", *TRAIN_FLAGS, "--seeds", "0", "--out", str(out)]
+    config = make_config("smoke", width=32, seed=0, **BASE)
+    for sig in (signal.SIGHUP, signal.SIGKILL):
+        launcher = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+        _, task = wait_for(lambda: training_run(out), what="a run past its first checkpoint")
+        launcher.send_signal(sig)
+        launcher.wait(timeout=120)
+        assert gone(task["trainer_pid"]), f"the trainer outlived its launcher ({sig.name})"
+        progress = read_progress(run_dir_for(out, config))
+        assert progress["update"] < config.num_updates
+        problems = verify_manifest(run_dir_for(out, config))
+        assert all(p.kind == "interrupted" for p in problems), problems
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(run_dir_for(reference, config), run_dir_for(out, config))
+    assert verify_manifest(run_dir_for(out, config)) == []
+
+
+def test_watchdog_restarts_a_stalled_run(reference, tmp_path):
+    out = tmp_path / "runs"
+    launcher = subprocess.Popen(
+        [*DEVRL, "train", *TRAIN_FLAGS, "--seeds", "1", "--out", str(out), "--stall-timeout",
+         "60"], stderr=subprocess.PIPE, text=True)
+    _, task = wait_for(lambda: training_run(out), what="a run past its first checkpoint")
+    os.kill(task["trainer_pid"], signal.SIGSTOP)  # frozen like a futex deadlock: alive, silent
+    _, stderr = launcher.communicate(timeout=900)
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert "made no progress for 60 s (stalled); restarting from the last checkpoint" in stderr
+    config = make_config("smoke", width=32, seed=1, **BASE)
+    assert_same_run(run_dir_for(reference, config), run_dir_for(out, config))
+
+
+def test_a_failing_run_is_given_up_loudly(tmp_path):
+    out = tmp_path / "runs"
+    run_dir = run_dir_for(out, make_config("smoke"))
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(make_config("smoke").to_dict()))
+    (run_dir / "state").mkdir()
+    (run_dir / "state" / "latest.npz").write_bytes(b"corrupt")  # every attempt fails at once
+    result = run_cli("train", "--scale", "smoke", "--seeds", "0", "--out", str(out), "--quiet",
+                     "--max-restarts", "1")
+    assert result.returncode == 1
+    assert "trainer exited with status 1" in result.stderr
+    assert "gave up after 1 restarts" in result.stderr
+    status = run_cli("sweep", "status", str(out))
+    assert "1 failed" in status.stdout
+
+
+def test_a_permanent_error_is_not_retried(tmp_path):
+    """A run directory held by a live process: the trainer says who holds it, once."""
+    out = tmp_path / "runs"
+    run_dir = run_dir_for(out, make_config("smoke"))
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(make_config("smoke").to_dict()))
+    with open(run_dir / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(f"pid {os.getpid()} on host test\n")
+        handle.flush()
+        result = subprocess.run([*DEVRL, "train", "--scale", "smoke", "--seeds", "0", "--out",
+                                 str(out), "--quiet"], capture_output=True, text=True,
+                                timeout=600, env={**os.environ, "DEVRL_LOCK_WAIT": "1"})
+    assert result.returncode == 1
+    assert f"another live process is training into it (pid {os.getpid()} on host test)" in \
+        result.stderr
+    assert "a permanent error, not retried" in result.stderr
+    assert (run_dir / "train.log").read_text().count("--- ") == 1  # one attempt
