@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One JAX compilation cache for this test session (every trainer, kernel and test shares it):
+# the smoke programs compile once instead of in every test. Never the user's own cache.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="devrl-xla-cache-")
+atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

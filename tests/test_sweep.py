@@ -33,9 +33,12 @@ from devrl.sweep import make_spec, run_dir_for, sweep_status
 pytestmark = pytest.mark.slow
 
 # Long enough (120 updates) that a run can be caught between its first and its last checkpoint.
+# The two configs differ in their checkpoint schedules, not in the compiled program, so the
+# session's compilation cache compiles it once for every run here.
 BASE = {"total_env_steps": 8 * 16 * 120, "checkpoint_every_updates": 10}
-SPEC = make_spec("smoke", {"width": [16, 32], **{k: [v] for k, v in BASE.items()}}, [0, 1])
-TRAIN_FLAGS = ["--scale", "smoke", "--width", "32", "--total-env-steps",
+SPEC = make_spec("smoke", {"log_checkpoints": [3, 5], **{k: [v] for k, v in BASE.items()}},
+                 [0, 1])
+TRAIN_FLAGS = ["--scale", "smoke", "--log-checkpoints", "5", "--total-env-steps",
                str(BASE["total_env_steps"]), "--checkpoint-every-updates",
                str(BASE["checkpoint_every_updates"]), "--threads-per-run", "1", "--quiet"]
 DEVRL = [sys.executable, "-m", "devrl.cli"]
@@ -43,7 +46,7 @@ DEVRL = [sys.executable, "-m", "devrl.cli"]
 
 def write_spec(folder: Path) -> Path:
     path = folder / "grid.yaml"
-    path.write_text("scale: smoke\nseeds: [0, 1]\ngrid:\n  width: [16, 32]\n"
+    path.write_text("scale: smoke\nseeds: [0, 1]\ngrid:\n  log_checkpoints: [3, 5]\n"
                     f"  total_env_steps: {BASE['total_env_steps']}\n"
                     f"  checkpoint_every_updates: {BASE['checkpoint_every_updates']}\n")
     return path
@@ -174,7 +177,7 @@ def test_killed_launcher_leaves_no_trainer_and_the_rerun_finishes_bitwise(refere
     its process group: its trainers must stop with it, and the rerun resumes them."""
     out = tmp_path / "runs"
     command = [*DEVRL, "train", *TRAIN_FLAGS, "--seeds", "0", "--out", str(out)]
-    config = make_config("smoke", width=32, seed=0, **BASE)
+    config = make_config("smoke", log_checkpoints=5, seed=0, **BASE)
     for sig in (signal.SIGHUP, signal.SIGKILL):
         launcher = subprocess.Popen(command, stderr=subprocess.DEVNULL)
         _, task = wait_for(lambda: training_run(out), what="a run past its first checkpoint")
@@ -195,13 +198,13 @@ def test_watchdog_restarts_a_stalled_run(reference, tmp_path):
     out = tmp_path / "runs"
     launcher = subprocess.Popen(
         [*DEVRL, "train", *TRAIN_FLAGS, "--seeds", "1", "--out", str(out), "--stall-timeout",
-         "60"], stderr=subprocess.PIPE, text=True)
+         "30"], stderr=subprocess.PIPE, text=True)  # the reference compiled it: a cache hit
     _, task = wait_for(lambda: training_run(out), what="a run past its first checkpoint")
     os.kill(task["trainer_pid"], signal.SIGSTOP)  # frozen like a futex deadlock: alive, silent
     _, stderr = launcher.communicate(timeout=900)
     assert launcher.returncode == 0, stderr[-3000:]
-    assert "made no progress for 60 s (stalled); restarting from the last checkpoint" in stderr
-    config = make_config("smoke", width=32, seed=1, **BASE)
+    assert "made no progress for 30 s (stalled); restarting from the last checkpoint" in stderr
+    config = make_config("smoke", log_checkpoints=5, seed=1, **BASE)
     assert_same_run(run_dir_for(reference, config), run_dir_for(out, config))
 
 

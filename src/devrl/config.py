@@ -128,6 +128,16 @@ SCALE_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 # Seeds run at each scale (the cpu data in data/ holds these).
 SCALE_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2), "paper": (0, 1, 2, 3, 4)}
+# What a run of each scale is expected to cost (measured where a figure is given; see
+# benchmarks/results/). `devrl sweep` prints it before it starts.
+SCALE_COST = {
+    "smoke": "seconds per run (about a minute of compiling on one core the first time)",
+    "cpu": "about 80 min per seed on 2 CPU cores (1.6-1.7k env steps/s, "
+           "benchmarks/results/throughput-cpu.json)",
+    "paper": "1e9 env steps per seed with a 4x wider batch: about a week per seed on 2 CPU "
+             "cores; meant for one GPU per run, where its rate has not yet been measured in "
+             "this project",
+}
 
 
 FIELD_HELP = {

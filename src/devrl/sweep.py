@@ -47,7 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devrl.config import SCALE_SEEDS, SCALES, ConfigError, TrainConfig, check_type, make_config
+from devrl.config import (
+    SCALE_COST,
+    SCALE_SEEDS,
+    SCALES,
+    ConfigError,
+    TrainConfig,
+    check_type,
+    make_config,
+)
 from devrl.runs import (
     atomic_write_json,
     now,
@@ -213,7 +221,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Each run's status: done, running, failed, interrupted (rerun to resume) or pending."""
+    """Each run's status: done, running, queued (waiting for a free CPU or GPU), failed,
+    interrupted (rerun to resume) or pending (not started)."""
     sweep_dir = Path(sweep_dir)
     manifest = read_sweep(sweep_dir)
     try:
@@ -238,8 +247,8 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
             status = "done"
         elif known.get("status") in ("failed", "gave up"):
             status = "failed"
-        elif live and known.get("status") == "running":
-            status = "running"
+        elif live and known.get("status") in ("running", "queued"):
+            status = known["status"]
         elif updates:
             status = "interrupted"
         else:
@@ -255,7 +264,7 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def format_status(rows: list[dict[str, Any]]) -> str:
     counts = {s: sum(r["status"] == s for r in rows)
-              for s in ("done", "running", "interrupted", "pending", "failed")}
+              for s in ("done", "running", "queued", "interrupted", "pending", "failed")}
     steps = sum(r["env_steps"] for r in rows)
     total = sum(r["total_env_steps"] for r in rows)
     lines = [f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) +
@@ -318,10 +327,17 @@ def become_trainer(parent_pid: int | None, cpus: str | None) -> None:
                               f"({error})") from None
 
 
+def xla_cache_dir() -> Path:
+    return Path.home() / ".cache" / "devrl" / "xla-cache"
+
+
 def child_env(gpu_fraction: float | None) -> dict[str, str]:
-    """The trainer's environment: on a shared GPU, no preallocation and its share of memory."""
+    """The trainer's environment: JAX's persistent compilation cache (every seed of a config,
+    and every resume, runs the same program: compiled once per node; the executables are the
+    same, so results are too), and on a shared GPU no preallocation and its share of memory."""
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(xla_cache_dir()))
     if gpu_fraction is not None and gpu_fraction < 1:
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 * gpu_fraction:.3f}"
@@ -406,6 +422,17 @@ class RunState:
     restarts: int = 0
     reason: str = ""
     node: str = ""
+    submitted: float = 0.0
+
+    def shown(self) -> str:
+        """`running` once this attempt's task has started (its task.json), else `queued`."""
+        if self.status != "running":
+            return self.status
+        try:
+            started = json.loads((self.run_dir / "task.json").read_text())["started"]
+        except (OSError, ValueError, KeyError):
+            return "queued"
+        return "running" if started >= self.submitted else "queued"
 
 
 def task_options(resources: dict[str, float], threads_per_run: int, runs_per_gpu: int
@@ -487,20 +514,22 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, address: str | None = None,
         remote = ray.remote(train_task)
         say(f"devrl sweep: {len(todo)} of {len(states)} runs to train on Ray "
             f"({nodes} node{'s' * (nodes != 1)}, {resources.get('CPU', 0):g} CPUs, "
-            f"{resources.get('GPU', 0):g} GPUs; started in {seconds:.1f} s)")
+            f"{resources.get('GPU', 0):g} GPUs; started in {seconds:.1f} s); expected cost of "
+            f"a {spec.scale} run: {SCALE_COST[spec.scale]}")
 
         def submit(state: RunState) -> None:
             ref = remote.options(**options).remote(
                 state.config.to_dict(), str(state.run_dir), threads, gpu_fraction,
                 stall_timeout)
             state.status = "running"
+            state.submitted = time.time()
             pending_refs[ref] = state
 
         def save_state() -> None:
             atomic_write_json(sweep_dir / "state.json", {
                 "driver": {"pid": os.getpid(), "host": platform.node(), "updated": time.time(),
                            "address": address or "local"},
-                "runs": {s.name: {"status": s.status, "restarts": s.restarts,
+                "runs": {s.name: {"status": s.shown(), "restarts": s.restarts,
                                   "reason": s.reason, "node": s.node}
                          for s in states.values()}})
 
@@ -541,10 +570,11 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, address: str | None = None,
                     submit(state)
             save_state()
             if bar is not None:
-                counts = {k: sum(s.status == k for s in states.values())
-                          for k in ("done", "running", "failed", "gave up")}
+                counts = {k: sum(s.shown() == k for s in states.values())
+                          for k in ("done", "running", "queued", "failed", "gave up")}
                 bar.n = _steps_done(states)
                 bar.set_postfix_str(f"runs done {counts['done']} running {counts['running']} "
+                                    f"queued {counts['queued']} "
                                     f"failed {counts['failed'] + counts['gave up']}",
                                     refresh=False)
                 bar.refresh()
@@ -556,13 +586,38 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, address: str | None = None,
         if ray is not None:
             for ref in pending_refs:
                 ray.cancel(ref, force=True)  # on a cluster: stop this sweep's workers too
+            local = [] if address else descendants(os.getpid())
             ray.shutdown()
+            # Ray 2.60 leaves a local instance's dashboard and runtime-env agents running
+            # after shutdown (their raylet is gone); they are this driver's, so end them.
+            for pid in local:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
     failed = [s for s in states.values() if s.status != "done"]
     if failed:
         print(f"devrl sweep: {len(failed)} of {len(states)} runs did not complete: "
               + ", ".join(s.name for s in failed) + f" (devrl sweep status {sweep_dir})",
               file=sys.stderr)
     return 1 if failed else 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc; empty where there is no /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _steps_done(states: dict[str, RunState]) -> int:
