@@ -10,7 +10,7 @@ Three ways to train the same four configs (seeds 0-3, cpu scale, `--updates` PPO
 - `sequential_all_cores`: each seed in turn with every core (the fastest one-at-a-time way; XLA
   reductions then differ in the last bits).
 Aggregate env steps/s = all env steps / wall time from the first start to the last finish
-(compilation included). Ray's start-up is the median of `--ray-starts` `ray.init()` calls, and
+(compilation included; each way starts with an empty XLA compilation cache of its own). Ray's start-up is the median of `--ray-starts` `ray.init()` calls, and
 its memory the resident set of every process of an idle local instance.
 """
 
@@ -32,10 +32,17 @@ from devrl.config import make_config
 from devrl.sweep import run_dir_for
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=env)
     return time.perf_counter() - start
+
+
+def fresh_cache(root: Path, name: str) -> dict[str, str]:
+    """Each way starts with an empty XLA compilation cache of its own: each compiles the program
+    once per process that misses it, as a first sweep on a new machine does."""
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(root / f"xla-cache-{name}")}
 
 
 def trainer(config, out: Path, cpus: str | None) -> list[str]:
@@ -90,16 +97,18 @@ def main() -> None:
         root = Path(tmp)
         wall = timed([sys.executable, "-m", "devrl.cli", "sweep", "--scale", "cpu",
                       "--total-env-steps", str(steps), "--seeds", *map(str, seeds),
-                      "--threads-per-run", "1", "--quiet", "--out", str(root / "sweep")])
+                      "--threads-per-run", "1", "--quiet", "--out", str(root / "sweep")],
+                     fresh_cache(root, "sweep"))
         sweep_dirs = [run_dir_for(root / "sweep", c) for c in configs]
         result["sweep"] = {"wall_seconds": wall, "aggregate_sps": total / wall,
                            "per_run_training_sps_median": training_sps(sweep_dirs)}
         for name, cpus in (("sequential_1core", "0"), ("sequential_all_cores", None)):
             start = time.perf_counter()
             dirs = []
+            env = fresh_cache(root, name)
             for config in configs:
                 out = root / name / f"seed_{config.seed}"
-                subprocess.run(trainer(config, out, cpus), check=True,
+                subprocess.run(trainer(config, out, cpus), check=True, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 dirs.append(out)
             wall = time.perf_counter() - start

@@ -548,7 +548,10 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, address: str | None = None,
                 state = pending_refs.pop(ref)
                 try:
                     result = ray.get(ref)
-                except ray.exceptions.RayError as error:
+                except ray.exceptions.RayTaskError as error:  # the task itself raised
+                    result = {"status": "failed",
+                              "reason": f"its task failed ({str(error.cause)[:300]})"}
+                except ray.exceptions.RayError as error:  # worker or node lost
                     kind = type(error).__name__
                     result = {"status": "failed", "reason": f"its Ray worker died ({kind})"}
                 state.node = result.get("node", state.node)
