@@ -10,7 +10,8 @@ Three ways to train the same four configs (seeds 0-3, cpu scale, `--updates` PPO
 - `sequential_all_cores`: each seed in turn with every core (the fastest one-at-a-time way; XLA
   reductions then differ in the last bits).
 Aggregate env steps/s = all env steps / wall time from the first start to the last finish
-(compilation included; each way starts with an empty XLA compilation cache of its own). Ray's start-up is the median of `--ray-starts` `ray.init()` calls, and
+(compilation included; each way starts with an empty XLA compilation cache of its own).
+Ray's start-up is the median of `--ray-starts` `ray.init()` calls, and
 its memory the resident set of every process of an idle local instance.
 """
 
@@ -61,7 +62,6 @@ def training_sps(run_dirs: list[Path]) -> float:
 
 
 def ray_footprint(starts: int) -> dict:
-    import psutil
 
     code = ("import time, ray; t = time.perf_counter(); ray.init(include_dashboard=False, "
             "num_cpus=2); print(time.perf_counter() - t, flush=True); time.sleep(8); "

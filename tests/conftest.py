@@ -39,3 +39,21 @@ def smoke_runs(tmp_path_factory) -> Path:
                      str(out))
     assert result.returncode == 0, result.stderr
     return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bitwise-equal checkpoints and metrics (except the wall-clock column)."""
+    import jax
+    import numpy as np
+    import pandas as pd
+
+    from devrl.runs import list_checkpoints, load_params
+
+    ckpt_a, ckpt_b = list_checkpoints(a), list_checkpoints(b)
+    assert [u for u, _ in ckpt_a] == [u for u, _ in ckpt_b]
+    for (_, pa), (_, pb) in zip(ckpt_a, ckpt_b):
+        for x, y in zip(jax.tree.leaves(load_params(pa)), jax.tree.leaves(load_params(pb))):
+            np.testing.assert_array_equal(x, y)
+    ma = pd.read_parquet(a / "metrics.parquet").drop(columns="sps")
+    mb = pd.read_parquet(b / "metrics.parquet").drop(columns="sps")
+    pd.testing.assert_frame_equal(ma, mb)

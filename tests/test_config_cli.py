@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import run_cli
@@ -181,3 +182,30 @@ def test_help_explains_every_hyperparameter():
     for name in TrainConfig().to_dict():
         if name != "seed":
             assert f"--{name.replace('_', '-')}" in result.stdout
+
+
+def test_a_trainer_dies_with_the_process_that_started_it():
+    """The kernel kills a `devrl train-one` process when its parent (the Ray task) dies, even in
+    a session of its own, where no process-group kill would reach it."""
+    child = ("import os, sys, time; from devrl.sweep import become_trainer; "
+             "become_trainer(int(sys.argv[1]), None); print(os.getpid(), flush=True); "
+             "time.sleep(120)")
+    parent = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
+              f"{child!r}, str(os.getpid())], start_new_session=True); time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    pid = int(process.stdout.readline())
+    process.kill()
+    process.wait()
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the child outlived its parent")
+    orphan = subprocess.run([sys.executable, "-c", "from devrl.sweep import become_trainer; "
+                             "become_trainer(1, None)"], capture_output=True, text=True,
+                            timeout=60)  # its parent (not pid 1) died before it started
+    assert orphan.returncode == 1 and "parent 1 is gone; not training" in orphan.stderr

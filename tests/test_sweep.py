@@ -20,14 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import assert_same_run, run_cli
 
 from devrl.config import make_config
-from devrl.runs import list_checkpoints, load_params, read_progress, verify_manifest
+from devrl.runs import read_progress, verify_manifest
 from devrl.sweep import make_spec, run_dir_for, sweep_status
 
 pytestmark = pytest.mark.slow
@@ -50,18 +47,6 @@ def write_spec(folder: Path) -> Path:
                     f"  total_env_steps: {BASE['total_env_steps']}\n"
                     f"  checkpoint_every_updates: {BASE['checkpoint_every_updates']}\n")
     return path
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    """Bitwise-equal checkpoints and metrics (except wall-clock columns)."""
-    ckpt_a, ckpt_b = list_checkpoints(a), list_checkpoints(b)
-    assert [u for u, _ in ckpt_a] == [u for u, _ in ckpt_b]
-    for (_, pa), (_, pb) in zip(ckpt_a, ckpt_b):
-        for x, y in zip(jax.tree.leaves(load_params(pa)), jax.tree.leaves(load_params(pb))):
-            np.testing.assert_array_equal(x, y)
-    ma = pd.read_parquet(a / "metrics.parquet").drop(columns="sps")
-    mb = pd.read_parquet(b / "metrics.parquet").drop(columns="sps")
-    pd.testing.assert_frame_equal(ma, mb)
 
 
 def wait_for(predicate, timeout: float = 900, what: str = "a condition"):

@@ -8,32 +8,18 @@ reductions are deterministic for a fixed thread count, not across thread counts.
 import json
 import shutil
 
-import jax
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli, smoke_run
+from conftest import assert_same_run, run_cli, smoke_run
 
 from devrl import runs
-
 from devrl.config import make_config
 from devrl.envs import ACTION_NAMES, CONTEXTS
 from devrl.ppo import EPISODE_FIELDS
 from devrl.runs import list_checkpoints, load_params, read_progress, train, verify_manifest
 
 pytestmark = pytest.mark.slow
-
-
-def assert_same_run(a, b):
-    """Bitwise-equal checkpoints and metrics (except wall-clock columns)."""
-    ckpt_a, ckpt_b = list_checkpoints(a), list_checkpoints(b)
-    assert [u for u, _ in ckpt_a] == [u for u, _ in ckpt_b]
-    for (_, pa), (_, pb) in zip(ckpt_a, ckpt_b):
-        for x, y in zip(jax.tree.leaves(load_params(pa)), jax.tree.leaves(load_params(pb))):
-            np.testing.assert_array_equal(x, y)
-    ma = pd.read_parquet(a / "metrics.parquet").drop(columns="sps")
-    mb = pd.read_parquet(b / "metrics.parquet").drop(columns="sps")
-    pd.testing.assert_frame_equal(ma, mb)
 
 
 def test_multi_seed_run_completes(smoke_runs):

@@ -9,7 +9,6 @@ and completeness; row counts; sha256 of every file).
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 

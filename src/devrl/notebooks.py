@@ -8,8 +8,6 @@ lines are annotated assignments (`seeds: list[int] | None = None`); the annotati
 from __future__ import annotations
 
 import ast
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -179,27 +177,15 @@ def default_output_dir(name: str, values: dict[str, Any]) -> Path:
     return runs_root().parent / "figures" / f"{name}-{key}"
 
 
-@contextlib.contextmanager
 def notebook_lock(name: str):
     """One `devrl figure NAME` at a time (its recompute writes data/ and a shared cache)."""
+    from devrl.runs import held_lock
+
     folder = runs_root() / ".locks"
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"figure-{name}.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise ConfigError(f"name={name!r} is not allowed now: another devrl figure {name} "
-                              f"is running ({handle.read().strip() or 'unknown'}); wait for it"
-                              ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return held_lock(folder / f"figure-{name}.lock", 0.0, lambda holder: (
+        f"name={name!r} is not allowed now: another devrl figure {name} is running ({holder}); "
+        "wait for it"))
 
 
 def ensure_kernel() -> str:

@@ -392,12 +392,12 @@ def train(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None
 
 
 @contextlib.contextmanager
-def exclusive_lock(run_dir: Path, wait: float = 30.0):
-    """Hold an exclusive lock on `run_dir` so two processes never train into it at once.
+def held_lock(path: Path, wait: float, busy: Callable[[str], str]):
+    """Hold an exclusive flock on the file `path`, waiting up to `wait` seconds for it.
 
-    The lock is an flock, so the kernel releases it when its holder dies however it dies; a
-    lock still held after `wait` seconds belongs to a live process, named in the error."""
-    path = Path(run_dir) / ".lock"
+    The kernel releases an flock when its holder dies however it dies, so a lock still held
+    after `wait` belongs to a live process: ConfigError(busy(holder)), where `holder` is the pid
+    and host the holder wrote into the file."""
     with open(path, "a+") as handle:
         deadline = time.monotonic() + wait
         while True:
@@ -407,10 +407,7 @@ def exclusive_lock(run_dir: Path, wait: float = 30.0):
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     handle.seek(0)
-                    holder = handle.read().strip() or "unknown"
-                    raise ConfigError(
-                        f"out={str(run_dir)!r} is not allowed: another live process is "
-                        f"training into it ({holder}); wait for it, or stop it first") from None
+                    raise ConfigError(busy(handle.read().strip() or "unknown")) from None
                 time.sleep(0.5)
         handle.seek(0)
         handle.truncate()
@@ -420,6 +417,13 @@ def exclusive_lock(run_dir: Path, wait: float = 30.0):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def exclusive_lock(run_dir: Path, wait: float = 30.0):
+    """Hold the lock of `run_dir` so two processes never train into it at once."""
+    return held_lock(Path(run_dir) / ".lock", wait, lambda holder: (
+        f"out={str(run_dir)!r} is not allowed: another live process is training into it "
+        f"({holder}); wait for it, or stop it first"))
 
 
 def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | None,

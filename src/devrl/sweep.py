@@ -405,8 +405,9 @@ def train_task(config: dict[str, Any], run_dir: str, threads: int | None,
         progress = read_progress(run_dir_path) or {}
         if code == 0 and progress.get("status") == "complete":
             return {**info, "status": "complete"}
+        said = last_error(run_dir_path / "train.log")
         return {**info, "status": "failed", "code": code,
-                "reason": f"trainer exited with status {code}: {last_error(run_dir_path / 'train.log')}"}
+                "reason": f"trainer exited with status {code}: {said}"}
     finally:
         if slot is not None:
             slot.close()
