@@ -58,6 +58,7 @@ from devrl.config import (
 )
 from devrl.runs import (
     atomic_write_json,
+    check_verified,
     now,
     package_versions,
     prepare_run_dir,
@@ -203,10 +204,8 @@ def run_finished(run_dir: Path) -> bool:
     if not path.exists():
         return False
     problems = verify_manifest(run_dir)
-    if problems and not all(p.kind == "interrupted" for p in problems):
-        raise ConfigError(f"run={str(run_dir)!r} does not match its manifest: "
-                          f"{'; '.join(problems[:3])}. Allowed: an intact run directory (move "
-                          "this one away to retrain it)")
+    if any(p.kind != "interrupted" for p in problems):
+        check_verified(run_dir, "run")  # raises, naming the files that do not match
     return not problems and bool(json.loads(path.read_text()).get("complete"))
 
 
