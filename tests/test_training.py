@@ -15,8 +15,7 @@ from conftest import assert_same_run, run_cli, smoke_run
 
 from devrl import runs
 from devrl.config import make_config
-from devrl.envs import ACTION_NAMES, CONTEXTS
-from devrl.ppo import EPISODE_FIELDS
+from devrl.envs import ACTION_NAMES, CONTEXTS, EPISODE_FIELDS
 from devrl.runs import list_checkpoints, load_params, read_progress, train, verify_manifest
 
 pytestmark = pytest.mark.slow

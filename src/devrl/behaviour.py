@@ -24,9 +24,17 @@ import numpy as np
 import pandas as pd
 
 from devrl.config import ConfigError, TrainConfig, config_from_dict
-from devrl.envs import ACTION_NAMES, CONTEXTS, PLACE_PLANT, BehaviourWrapper, PoolResetVecEnv
+from devrl.envs import (
+    ACTION_NAMES,
+    CONTEXTS,
+    EPISODE_FIELDS,
+    PLACE_PLANT,
+    BehaviourWrapper,
+    PoolResetVecEnv,
+    episode_vector,
+)
 from devrl.networks import initial_hidden
-from devrl.ppo import EPISODE_FIELDS, episode_vector, make_network
+from devrl.ppo import make_network
 from devrl.runs import (
     atomic_write_npz,
     atomic_write_parquet,

@@ -8,7 +8,9 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
-ENV_NAMES = ("Craftax-Classic-Symbolic-v1",)
+CRAFTAX_ENV = "Craftax-Classic-Symbolic-v1"
+CUE_ENV = "Cue-Memory-v0"  # the known-answer memory task of devrl.memory_task
+ENV_NAMES = (CRAFTAX_ENV, CUE_ENV)
 ACTIVATIONS = ("tanh", "relu")
 SCALES = ("smoke", "cpu", "paper")
 
@@ -21,7 +23,7 @@ class ConfigError(ValueError):
 class TrainConfig:
     """Every hyperparameter of one PPO run (one seed). Defaults are the cpu scale."""
 
-    env_name: str = "Craftax-Classic-Symbolic-v1"
+    env_name: str = CRAFTAX_ENV
     seed: int = 0
     # Environment batch and resets.
     num_envs: int = 256  # parallel environments

@@ -24,7 +24,7 @@ from craftax.craftax_classic.envs.craftax_symbolic_env import (
 )
 from flax import struct
 
-from devrl.config import ENV_NAMES, ConfigError
+from devrl.config import CRAFTAX_ENV, ConfigError
 
 NUM_ACTIONS = len(Action)
 ACTION_NAMES = tuple(a.name.lower() for a in Action)
@@ -34,11 +34,28 @@ DO = Action.DO.value
 CONTEXTS = ("sapling_facing_grass", "sapling_elsewhere", "no_sapling")
 
 
+EPISODE_FIELDS = (
+    ("episode_return", "episode_length", "plants_placed", "place_attempts",
+     "saplings_collected", "plants_eaten")
+    + tuple(f"achievement_{a}" for a in ACHIEVEMENT_NAMES)
+    + tuple(f"action_{a}" for a in ACTION_NAMES)
+)
+
+
 def make_env(env_name: str) -> CraftaxClassicSymbolicEnvNoAutoReset:
-    if env_name not in ENV_NAMES:
-        raise ConfigError(f"env_name={env_name!r} is not allowed: must be one of "
-                          f"{', '.join(ENV_NAMES)}")
+    if env_name != CRAFTAX_ENV:
+        raise ConfigError(f"env_name={env_name!r} is not allowed here: behaviour in Craftax "
+                          f"needs {CRAFTAX_ENV}")
     return CraftaxClassicSymbolicEnvNoAutoReset()
+
+
+def episode_vector(info: dict) -> jax.Array:
+    """The finished-episode fields of one env's step info as a float32 vector (EPISODE_FIELDS)."""
+    s = info["stats"]
+    head = jnp.stack([s.episode_return, s.length, s.plants_placed, s.place_attempts,
+                      s.saplings_collected, s.plants_eaten]).astype(jnp.float32)
+    return jnp.concatenate([head, info["achievements"].astype(jnp.float32),
+                            s.action_counts.astype(jnp.float32)])
 
 
 @struct.dataclass
@@ -97,7 +114,7 @@ def _explicit(leaf: Any) -> jax.Array:
 class BehaviourWrapper:
     """One Craftax-Classic environment (no auto-reset) that counts plant-related behaviour."""
 
-    def __init__(self, env_name: str = ENV_NAMES[0]):
+    def __init__(self, env_name: str = CRAFTAX_ENV):
         self.env = make_env(env_name)
         self.default_params = self.env.default_params
         self.num_actions = self.env.num_actions
@@ -145,7 +162,14 @@ class PoolState:
 
 
 class PoolResetVecEnv:
-    """A batch of `num_envs` environments with optimistic resets from a pool of fresh worlds."""
+    """A batch of `num_envs` environments with optimistic resets from a pool of fresh worlds.
+
+    The interface PPO trains on (shared with `devrl.memory_task.CueMemoryVecEnv`): `reset`,
+    `step`, `num_actions`, `default_params`, `observation_size()`, `episode_fields`,
+    `episode_vectors(info)` ([num_envs, fields]), `running_episode_vectors(state)` and
+    `state_metrics(state)`."""
+
+    episode_fields = EPISODE_FIELDS
 
     def __init__(self, env: BehaviourWrapper, num_envs: int, pool_size: int):
         if not 1 <= pool_size:
@@ -155,6 +179,22 @@ class PoolResetVecEnv:
         self.pool_size = pool_size
         self.default_params = env.default_params
         self.num_actions = env.num_actions
+
+    def observation_size(self) -> int:
+        return self.env.observation_size()
+
+    def episode_vectors(self, info: dict) -> jax.Array:
+        return jax.vmap(episode_vector)(info)
+
+    def running_episode_vectors(self, state: PoolState) -> jax.Array:
+        """The fields of each env's current (unfinished) episode so far."""
+        envs = state.env_states
+        return jax.vmap(episode_vector)({"stats": envs.stats,
+                                         "achievements": envs.env_state.achievements})
+
+    def state_metrics(self, state: PoolState) -> dict[str, jax.Array]:
+        return {"worlds_generated": state.worlds_generated.astype(jnp.float32),
+                "worlds_reused": state.worlds_reused.astype(jnp.float32)}
 
     def _fresh(self, key: jax.Array, n: int, params: Any):
         return jax.vmap(self.env.reset, in_axes=(0, None))(jax.random.split(key, n), params)

@@ -12,25 +12,9 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from devrl.config import TrainConfig
-from devrl.envs import ACHIEVEMENT_NAMES, ACTION_NAMES, BehaviourWrapper, PoolResetVecEnv
+from devrl.config import CUE_ENV, TrainConfig
+from devrl.envs import BehaviourWrapper, PoolResetVecEnv
 from devrl.networks import ActorCritic, initial_hidden
-
-EPISODE_FIELDS = (
-    ("episode_return", "episode_length", "plants_placed", "place_attempts",
-     "saplings_collected", "plants_eaten")
-    + tuple(f"achievement_{a}" for a in ACHIEVEMENT_NAMES)
-    + tuple(f"action_{a}" for a in ACTION_NAMES)
-)
-
-
-def episode_vector(info: dict) -> jax.Array:
-    """The finished-episode fields of a step's info as one float32 vector (EPISODE_FIELDS order)."""
-    s = info["stats"]
-    head = jnp.stack([s.episode_return, s.length, s.plants_placed, s.place_attempts,
-                      s.saplings_collected, s.plants_eaten]).astype(jnp.float32)
-    return jnp.concatenate([head, info["achievements"].astype(jnp.float32),
-                            s.action_counts.astype(jnp.float32)])
 
 
 class Transition(NamedTuple):
@@ -41,7 +25,7 @@ class Transition(NamedTuple):
     value: jax.Array
     reward: jax.Array
     done: jax.Array  # the episode ended after this step
-    episode: jax.Array  # EPISODE_FIELDS of the episode that ended here (valid where done)
+    episode: jax.Array  # env.episode_fields of the episode that ended here (valid where done)
 
 
 @flax.struct.dataclass
@@ -78,9 +62,42 @@ def make_network(config: TrainConfig, num_actions: int) -> ActorCritic:
                        activation=config.activation, memory=config.memory)
 
 
-def make_env(config: TrainConfig) -> PoolResetVecEnv:
+def make_env(config: TrainConfig):
+    """The vectorised environment of `config` (Craftax, or the cue-memory task)."""
+    if config.env_name == CUE_ENV:
+        from devrl.memory_task import CueMemoryVecEnv
+
+        return CueMemoryVecEnv(config.num_envs)
     return PoolResetVecEnv(BehaviourWrapper(config.env_name), config.num_envs,
                            config.reset_pool_size)
+
+
+def replay(network: ActorCritic, params, hidden0: jax.Array, batch: Transition):
+    """Logits and values of a stored rollout (sequences [T, b]) under `params`, starting from the
+    hidden state the rollout started from and resetting where its episodes started."""
+    _, logits, values = network.apply(params, hidden0, batch.obs, batch.reset)
+    return logits, values
+
+
+def split_minibatches(key: jax.Array, hidden0: jax.Array, data: tuple, num_minibatches: int,
+                      memory: int):
+    """Split a rollout (time-major arrays [T, num_envs, ...]) into minibatches of sequences
+    [n, T', b, ...]: feedforward nets shuffle single steps (T' = 1); recurrent nets shuffle whole
+    environments (T' = T), each with the hidden state it started the rollout with."""
+    n = num_minibatches
+    if memory:
+        num_envs = hidden0.shape[0]
+        perm = jax.random.permutation(key, num_envs)
+        hidden0 = hidden0[perm].reshape(n, -1, memory)
+        rest = jax.tree.map(
+            lambda x: jnp.swapaxes(jnp.take(x, perm, axis=1).reshape(
+                (x.shape[0], n, -1) + x.shape[2:]), 0, 1), data)
+        return (hidden0,) + rest
+    size = data[0].obs.shape[0] * data[0].obs.shape[1]
+    perm = jax.random.permutation(key, size)
+    rest = jax.tree.map(
+        lambda x: x.reshape((size,) + x.shape[2:])[perm].reshape((n, 1, -1) + x.shape[2:]), data)
+    return (jnp.zeros((n, size // n, 0), jnp.float32),) + rest
 
 
 class Trainer(NamedTuple):
@@ -97,7 +114,7 @@ def make_train(config: TrainConfig, max_chunk: int, env: PoolResetVecEnv | None 
     env = make_env(config) if env is None else env
     env_params = env.default_params
     network = make_network(config, env.num_actions)
-    obs_size = env.env.observation_size()
+    obs_size = env.observation_size()
     num_updates = config.num_updates
     minibatch_updates = config.num_minibatches * config.update_epochs
 
@@ -130,7 +147,7 @@ def make_train(config: TrainConfig, max_chunk: int, env: PoolResetVecEnv | None 
             log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], 1)[:, 0]
             next_obs, env_state, reward, done, info = env.step(k_env, env_state, action,
                                                                env_params)
-            episode = jax.vmap(episode_vector)(info)
+            episode = env.episode_vectors(info)
             transition = Transition(obs, reset, action, log_prob, value, reward, done, episode)
             return (env_state, next_obs, done, hidden, rng), transition
 
@@ -139,7 +156,7 @@ def make_train(config: TrainConfig, max_chunk: int, env: PoolResetVecEnv | None 
         return carry, traj
 
     def loss_fn(params, hidden0, batch: Transition, advantages, targets):
-        _, logits, values = network.apply(params, hidden0, batch.obs, batch.reset)
+        logits, values = replay(network, params, hidden0, batch)
         log_probs = jax.nn.log_softmax(logits)
         log_prob = jnp.take_along_axis(log_probs, batch.action[..., None], -1)[..., 0]
         ratio = jnp.exp(log_prob - batch.log_prob)
@@ -154,27 +171,8 @@ def make_train(config: TrainConfig, max_chunk: int, env: PoolResetVecEnv | None 
         total = actor_loss + config.vf_coef * value_loss - config.ent_coef * entropy
         approx_kl = ((ratio - 1) - jnp.log(ratio)).mean()
         clip_frac = (jnp.abs(ratio - 1) > config.clip_eps).mean()
-        return total, (actor_loss, value_loss, entropy, approx_kl, clip_frac)
-
-    def minibatches(key, hidden0, traj, advantages, targets):
-        """Split a rollout into minibatches of sequences [T', b]: feedforward nets shuffle single
-        steps (T' = 1); recurrent nets shuffle whole environments (T' = num_steps)."""
-        data = (hidden0, traj, advantages, targets)
-        n = config.num_minibatches
-        if config.memory:
-            perm = jax.random.permutation(key, config.num_envs)
-            hidden0 = hidden0[perm].reshape(n, -1, config.memory)
-            rest = jax.tree.map(
-                lambda x: jnp.swapaxes(jnp.take(x, perm, axis=1).reshape(
-                    (x.shape[0], n, -1) + x.shape[2:]), 0, 1), data[1:])
-            return (hidden0,) + rest
-        size = config.steps_per_update
-        perm = jax.random.permutation(key, size)
-        rest = jax.tree.map(
-            lambda x: x.reshape((size,) + x.shape[2:])[perm].reshape((n, 1, -1) + x.shape[2:]),
-            data[1:])
-        hidden0 = jnp.zeros((n, size // n, 0), jnp.float32)
-        return (hidden0,) + rest
+        log_ratio_max = jax.lax.stop_gradient(jnp.abs(log_prob - batch.log_prob).max())
+        return total, (actor_loss, value_loss, entropy, approx_kl, clip_frac, log_ratio_max)
 
     def update(runner: Runner) -> tuple[Runner, dict]:
         hidden0 = runner.hidden
@@ -186,7 +184,8 @@ def make_train(config: TrainConfig, max_chunk: int, env: PoolResetVecEnv | None 
         def epoch(carry, _):
             train_state, rng = carry
             rng, key = jax.random.split(rng)
-            batches = minibatches(key, hidden0, traj, advantages, targets)
+            batches = split_minibatches(key, hidden0, (traj, advantages, targets),
+                                        config.num_minibatches, config.memory)
 
             def minibatch_step(train_state, batch):
                 grads, aux = jax.grad(loss_fn, has_aux=True)(train_state.params, *batch)
@@ -203,11 +202,13 @@ def make_train(config: TrainConfig, max_chunk: int, env: PoolResetVecEnv | None 
         metrics = {
             "actor_loss": aux[0].mean(), "value_loss": aux[1].mean(), "entropy": aux[2].mean(),
             "approx_kl": aux[3].mean(), "clip_frac": aux[4].mean(),
+            # Before the first gradient step the replay must reproduce the rollout exactly:
+            # the largest |log ratio| over the first minibatch of the first epoch.
+            "replay_log_ratio_max": aux[5][0, 0],
             "episodes": episodes, "reward_per_step": traj.reward.mean(),
-            "worlds_generated": env_state.worlds_generated.astype(jnp.float32),
-            "worlds_reused": env_state.worlds_reused.astype(jnp.float32),
+            **env.state_metrics(env_state),
         }
-        metrics.update({name: episode_means[i] for i, name in enumerate(EPISODE_FIELDS)})
+        metrics.update({name: episode_means[i] for i, name in enumerate(env.episode_fields)})
         new_runner = Runner(train_state, env_state, obs, reset, hidden, rng, runner.update + 1)
         return new_runner, metrics
 

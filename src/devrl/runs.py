@@ -42,7 +42,8 @@ import pandas as pd
 from devrl.config import ConfigError, TrainConfig, config_from_dict
 
 # Files of a run directory that change after training or only serve resume: not checksummed.
-RUN_SCRATCH = ("state/", "progress.json", "task.json", "train.log", "behaviour/", "llc/")
+RUN_SCRATCH = ("state/", "progress.json", "task.json", "train.log", "behaviour/", "llc/",
+               "memory/")
 PACKAGES = ("devrl", "jax", "jaxlib", "flax", "optax", "craftax", "numpy", "pandas")
 
 
@@ -492,9 +493,8 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | Non
         info = {"update": done, "num_updates": config.num_updates,
                 "env_steps": done * config.steps_per_update, "sps": float(last["sps"]),
                 "return": float(last["episode_return"]),
-                "plants_placed": float(last["plants_placed"]),
-                "place_attempts": float(last["place_attempts"]),
-                "place_plant_success": float(last["achievement_place_plant"])}
+                **{key: float(last[column]) for key, column in PROGRESS_EXTRAS.items()
+                   if column in last.index}}
         heartbeat(run_dir, status="training", config=config, **info)
         manifest(done)
         if progress:
@@ -507,6 +507,11 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | Non
             manifest(done)
         heartbeat(run_dir, status="complete", update=done, config=config)
     return run_dir
+
+
+# Craftax fields the progress heartbeat also reports (absent for the cue-memory task).
+PROGRESS_EXTRAS = {"plants_placed": "plants_placed", "place_attempts": "place_attempts",
+                   "place_plant_success": "achievement_place_plant"}
 
 
 def heartbeat(run_dir: Path, status: str, config: TrainConfig, **info: Any) -> None:

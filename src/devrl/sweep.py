@@ -84,9 +84,10 @@ class SweepSpec:
         return [dict(zip(names, values)) for values in itertools.product(*self.grid.values())]
 
     def configs(self) -> list[tuple[dict[str, Any], TrainConfig]]:
-        """(grid values, config) of every run: points x seeds, in grid order."""
+        """(grid values, config) of every run, seed by seed (every point of the first seed, then
+        of the next): runs start in this order, so a sweep stopped early holds whole seeds."""
         return [(point, make_config(self.scale, **point, seed=seed))
-                for point in self.points() for seed in self.seeds]
+                for seed in self.seeds for point in self.points()]
 
     def to_dict(self) -> dict[str, Any]:
         return {"scale": self.scale, "grid": {k: list(v) for k, v in self.grid.items()},

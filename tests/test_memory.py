@@ -1,0 +1,150 @@
+"""Recurrent PPO you can trust, and the memory measures on a task whose answers are known.
+
+The cue-memory task (devrl.memory_task): a cue shown at t = 0 decides which action pays at
+t = DELAY. A recurrent agent can earn 1 per episode, any memoryless agent 0.5; the memory horizon
+of a solver is DELAY steps; the cue is decodable from a solver's hidden state and not from the
+current observation.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import assert_same_run
+
+from devrl import memory, ppo
+from devrl.config import CUE_ENV, make_config
+from devrl.memory_task import DELAY, CueMemoryVecEnv
+from devrl.runs import train
+
+pytestmark = pytest.mark.slow
+
+
+def cue_config(memory_width: int, updates: int = 100, **overrides):
+    """A small agent on the cue task: 64 envs, 32-step rollouts (episodes of DELAY + 1 = 9 steps
+    end in the middle of every rollout)."""
+    values = {"env_name": CUE_ENV, "num_envs": 64, "num_steps": 32, "width": 32, "depth": 2,
+              "memory": memory_width, "num_minibatches": 4, "total_env_steps": 64 * 32 * updates,
+              "lr": 1e-3, "log_checkpoints": 4, "checkpoint_every_updates": 1000}
+    return make_config("smoke", **{**values, **overrides})
+
+
+# ---------------------------------------------------------------- the replay equals the rollout
+def replay_log_ratios(updates: int = 4) -> np.ndarray:
+    """`replay_log_ratio_max` of each update: the largest |log pi_replay - log pi_rollout| over
+    the first minibatch of the first epoch, before any gradient step of that update. The actor's
+    output layer is scaled up so that the policy depends strongly on the hidden state."""
+    config = cue_config(16, updates=updates)
+    trainer = ppo.make_train(config, max_chunk=updates)
+    runner = trainer.init(jax.random.PRNGKey(0))
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 300.0 if "actor_out" in jax.tree_util.keystr(path) else x * 2.0,
+        runner.train_state.params)
+    runner = runner.replace(train_state=runner.train_state.replace(params=params))
+    _, metrics = trainer.run_updates(runner, updates)
+    return np.asarray(metrics["replay_log_ratio_max"])
+
+
+def ignore_resets(real):
+    return lambda network, params, hidden0, batch: real(
+        network, params, hidden0, batch._replace(reset=jnp.zeros_like(batch.reset)))
+
+
+def zero_hidden(real):
+    return lambda network, params, hidden0, batch: real(
+        network, params, jnp.zeros_like(hidden0), batch)
+
+
+def unpermuted_hidden(real):
+    def split(key, hidden0, data, num_minibatches, memory):
+        out = real(key, hidden0, data, num_minibatches, memory)
+        return (hidden0.reshape(num_minibatches, -1, memory),) + out[1:]
+
+    return split
+
+
+def test_replay_reproduces_the_rollout_before_the_first_gradient_step():
+    ratios = replay_log_ratios()
+    assert ratios.max() < 1e-4, ratios
+
+
+@pytest.mark.parametrize("target, fault", [
+    ("replay", ignore_resets),  # episode starts ignored when the rollout is replayed
+    ("replay", zero_hidden),  # the replay feeds the GRU a zero state, not the rollout's
+    ("split_minibatches", unpermuted_hidden),  # hidden states not permuted with their envs
+])
+def test_the_replay_check_catches_each_fault(monkeypatch, target, fault):
+    monkeypatch.setattr(ppo, target, fault(getattr(ppo, target)))
+    ratios = replay_log_ratios()
+    assert ratios.max() > 1e-2, ratios
+
+
+# ---------------------------------------------------------------- PPO learns; resume is bitwise
+def test_ppo_learns_a_contextual_bandit():
+    """With DELAY 0 the cue and the go bit come together: a feedforward agent can solve it."""
+    config = cue_config(0, updates=40)
+    trainer = ppo.make_train(config, max_chunk=40, env=CueMemoryVecEnv(config.num_envs, delay=0))
+    _, metrics = trainer.run_updates(trainer.init(jax.random.PRNGKey(0)), 40)
+    returns = np.asarray(metrics["episode_return"])
+    assert returns[:3].mean() < 0.65 and returns[-5:].mean() > 0.95, returns
+
+
+def test_recurrent_resume_is_bitwise(tmp_path):
+    config = make_config("smoke", memory=4)
+    reference = train(config, tmp_path / "reference")
+    stopped = train(config, tmp_path / "resumed", stop_after_updates=3)
+    train(config, stopped)
+    assert_same_run(reference, stopped)
+
+
+# ---------------------------------------------------------------- the memory task
+@pytest.fixture(scope="module")
+def cue_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cue")
+    return {m: train(cue_config(m), root / f"memory_{m}") for m in (16, 0)}
+
+
+SETTINGS = {"episodes": 64, "max_steps": 12, "checkpoints": 3, "horizon_samples": 8}
+
+
+def training_return(run_dir, last: int = 10) -> float:
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    return float(metrics["episode_return"].tail(last).mean())
+
+
+def test_recurrent_ppo_solves_the_memory_task_and_feedforward_stays_at_chance(cue_runs):
+    assert training_return(cue_runs[16]) > 0.95
+    assert abs(training_return(cue_runs[0]) - 0.5) < 0.05
+
+
+def test_memory_measures_find_the_known_answers(cue_runs):
+    solver = memory.measure_run(cue_runs[16], SETTINGS)
+    last = solver["horizon"]["update"].max()
+    horizon = solver["horizon"].groupby("update")["horizon"].first()
+    assert horizon[0] == 0  # the untrained policy does not use its memory
+    assert horizon[last] == DELAY  # the cue is DELAY steps back at the decision
+    final = solver["horizon"][solver["horizon"]["update"] == last].set_index("k")["kl"]
+    assert final[DELAY] == 0.0 and (final[final.index < DELAY] > 0.5).all()
+
+    episodes = solver["episodes"][solver["episodes"]["update"] == last]
+    returns = episodes.groupby("condition")["episode_return"].mean()
+    assert returns["intact"] > 0.95 and returns["ablated"] < 0.7
+
+    probes = memory.selectivity(solver["probes"], by=("update",)).set_index("update")
+    assert probes.loc[last, "hidden"] > 0.8
+    assert probes.loc[last, "observation"] < 0.05 and probes.loc[last, "untrained"] < 0.3
+    assert probes.loc[last, "selectivity"] > 0.5
+
+    control = memory.measure_run(cue_runs[0], SETTINGS)
+    assert (control["horizon"]["kl"] == 0).all() and (control["horizon"]["horizon"] == 0).all()
+    assert set(control["probes"]["features"]) == {"observation"}
+    again = memory.measure_run(cue_runs[16], SETTINGS)  # cached per checkpoint
+    pd.testing.assert_frame_equal(again["probes"], solver["probes"])
+
+
+def test_horizon_of_reads_the_first_k_below_the_fraction():
+    curve = pd.DataFrame({"k": [0, 1, 2, 4, 8], "kl": [1.0, 0.9, 0.5, 0.05, 0.0]})
+    assert memory.horizon_of(curve) == 4
+    assert memory.horizon_of(curve.assign(kl=curve["kl"] * 1e-4)) == 0  # below the floor
+    assert memory.horizon_of(curve.assign(kl=[1.0, 1, 1, 1, 1])) == 9  # beyond the grid
