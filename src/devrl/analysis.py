@@ -489,3 +489,50 @@ def regime_data(scale: str = "cpu", recompute: bool = False) -> RegimeData:
     tables, manifest = table_set("llc-regime", scale, recompute, build)
     return RegimeData(scale=scale, path=data_root() / f"llc-regime-{scale}", manifest=manifest,
                       **tables)
+
+
+@dataclass(frozen=True)
+class MemoryData:
+    """The environmental-memory study (`data/memory-<scale>/`, `devrl.memory`), restricted to the
+    chosen seeds."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    training: pd.DataFrame  # per (memory, seed, bin of PPO updates): training episodes
+    episodes: pd.DataFrame  # per (memory, seed, checkpoint, condition, episode)
+    horizon: pd.DataFrame  # per (memory, seed, checkpoint, k): KL from the intact policy
+    horizon_summary: pd.DataFrame  # per (memory, seed, checkpoint): horizon, fully reset KL
+    probes: pd.DataFrame  # per (memory, seed, checkpoint, variable, features): R²
+
+    def describe(self) -> str:
+        runs = [r for r in self.manifest["runs"] if r["seed"] in self.seeds]
+        widths = sorted({r["memory"] for r in runs})
+        steps = sorted({r["env_steps_done"] for r in runs})
+        return (f"memory widths {', '.join(map(str, widths))} × {len(self.seeds)} seed(s) "
+                f"({', '.join(map(str, self.seeds))}) at the {self.scale} scale, "
+                f"{'/'.join(f'{s:,}' for s in steps)} env steps each")
+
+
+def memory_data(scale: str = "cpu", seeds: list[int] | None = None,
+                recompute: bool = False) -> MemoryData:
+    """The memory study's data set; with `recompute`, train its sweep
+    (`src/devrl/sweeps/memory-<scale>.yaml`, `seeds` or the sweep's own) into
+    `DEVRL_RUNS/memory-<scale>/` (finished runs are skipped, interrupted ones resume), measure
+    every run there (cached per checkpoint) and replace the data set."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        from devrl import memory
+
+        return memory.study_tables(scale, runs_root() / f"memory-{scale}", seeds,
+                                   progress=lambda message: print(message, flush=True))
+
+    tables, manifest = table_set("memory", scale, recompute, build)
+    folder = data_root() / f"memory-{scale}"
+    chosen = choose_seeds(manifest, seeds, folder)
+    chosen = sorted(set(chosen))
+    picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
+              for name, frame in tables.items()}
+    return MemoryData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)

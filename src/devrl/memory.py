@@ -379,13 +379,15 @@ def probe_scores(traj: Trajectories, names: tuple[str, ...], untrained_hidden: n
 
 
 def selectivity(probes: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Per variable (and `by`): the hidden-state probe's R² minus the best control's."""
-    wide = probes.pivot_table(index=[*by, "variable"], columns="features", values="r2")
-    wide = wide.reset_index()
-    if "hidden" not in wide:
-        return wide.assign(hidden=np.nan, best_control=np.nan, selectivity=np.nan)
-    controls = [c for c in ("untrained", "observation") if c in wide]
-    wide["best_control"] = wide[controls].max(axis=1)
+    """Per variable (and `by`): the R² of each feature set (NaN where a set was not probed, e.g.
+    no hidden state at memory 0), and the hidden-state probe's R² minus the best control's."""
+    wide = probes.pivot_table(index=[*by, "variable"], columns="features", values="r2",
+                              dropna=False).reset_index()
+    wide.columns.name = None
+    for kind in ("hidden", "untrained", "observation"):
+        if kind not in wide:
+            wide[kind] = np.nan
+    wide["best_control"] = wide[["untrained", "observation"]].max(axis=1)
     wide["selectivity"] = wide["hidden"] - wide["best_control"]
     return wide
 
@@ -477,3 +479,170 @@ def measure_run(run_dir: Path, settings: dict[str, int], show_progress: bool = F
         table.insert(1, "seed", config.seed)
         result[name] = table
     return result
+
+
+# ------------------------------------------------------------------ the study's data set
+def study_spec(scale: str):
+    """The memory study's sweep at `scale`: `src/devrl/sweeps/memory-<scale>.yaml`."""
+    from devrl.config import SCALES
+    from devrl.sweep import load_spec
+
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    return load_spec(Path(__file__).resolve().parent / "sweeps" / f"memory-{scale}.yaml")
+
+
+TRAINING_COLUMNS = ("episode_return", "episode_length", "replay_log_ratio_max")
+UPDATES_PER_BIN = {"smoke": 1, "cpu": 4, "paper": 32}
+
+
+def training_table(run_dir: Path, scale: str) -> pd.DataFrame:
+    """The run's training episodes, binned over PPO updates (analysis.bin_updates)."""
+    from devrl.analysis import bin_updates
+    from devrl.behaviour import load_config
+
+    config = load_config(run_dir)
+    metrics = pd.read_parquet(Path(run_dir) / "metrics.parquet")
+    metrics["seed"] = config.seed
+    columns = list(TRAINING_COLUMNS) + [c for c in metrics.columns
+                                        if c.startswith("achievement_")]
+    binned = bin_updates(metrics, columns, UPDATES_PER_BIN[scale])
+    binned["replay_log_ratio_max"] = (
+        metrics.groupby((metrics["update"] - 1) // UPDATES_PER_BIN[scale])
+        ["replay_log_ratio_max"].max().to_numpy())  # the worst update of the bin, not a mean
+    binned.insert(0, "memory", config.memory)
+    return binned
+
+
+def run_seconds(run_dir: Path) -> float:
+    """Training time of a run: its updates' env steps over the measured rate of their chunk."""
+    from devrl.behaviour import load_config
+
+    config = load_config(run_dir)
+    metrics = pd.read_parquet(Path(run_dir) / "metrics.parquet")
+    return float((config.steps_per_update / metrics["sps"]).sum())
+
+
+def study_tables(scale: str, runs_dir: Path, seeds: list[int] | None = None,
+                 progress=print) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Train the study's sweep into `runs_dir` (finished runs are skipped, interrupted ones
+    resume), measure every run (cached per checkpoint) and return the tables and the manifest's
+    description."""
+    from devrl.behaviour import load_config
+    from devrl.runs import read_manifest
+    from devrl.sweep import SweepSpec, run_dir_for, run_sweep
+
+    spec = study_spec(scale)
+    if seeds is not None:
+        spec = SweepSpec(spec.scale, spec.grid, tuple(seeds))
+    if run_sweep(spec, runs_dir, show_progress=False) != 0:
+        raise RuntimeError(f"training did not complete; see devrl sweep status {runs_dir}")
+    settings = MEASURE_SETTINGS[scale]
+    tables: dict[str, list[pd.DataFrame]] = {"training": [], "episodes": [], "horizon": [],
+                                             "probes": []}
+    runs = []
+    for _, config in spec.configs():
+        run_dir = run_dir_for(runs_dir, config)
+        progress(f"memory measures: {run_dir.parent.name}/{run_dir.name} "
+                 f"(memory {config.memory}, seed {config.seed})")
+        measured = measure_run(run_dir, settings)
+        for name, frame in measured.items():
+            tables[name].append(frame)
+        tables["training"].append(training_table(run_dir, scale))
+        manifest = read_manifest(run_dir)
+        runs.append({"seed": config.seed, "memory": config.memory,
+                     "config": load_config(run_dir).to_dict(),
+                     "config_hash": config.config_hash(), "complete": manifest["complete"],
+                     "env_steps_done": manifest["updates_done"] * config.steps_per_update,
+                     "git_commit": manifest.get("git_commit"),
+                     "train_seconds": round(run_seconds(run_dir), 1)})
+    out = {name: pd.concat(frames, ignore_index=True) for name, frames in tables.items()}
+    summary = horizon_summary(out["horizon"])
+    out["horizon_summary"] = summary
+    return out, {
+        "what": "environmental memory: training curves, intact and memory-ablated episodes, "
+                "memory horizon and hidden-state probes per memory width, seed and checkpoint "
+                "(devrl.memory)",
+        "made_by": f"devrl figure memory-return -p scale {scale} -p recompute True",
+        "sweep": spec.to_dict(), "settings": settings, "runs": runs,
+        "horizon_fraction": HORIZON_FRACTION, "kl_floor": KL_FLOOR,
+        "ridge_alphas": list(RIDGE_ALPHAS), "probe_folds": PROBE_FOLDS,
+        "probe_max_samples": PROBE_MAX_SAMPLES,
+        "variables": list(variable_names(spec.configs()[0][1]))}
+
+
+def horizon_summary(horizon: pd.DataFrame) -> pd.DataFrame:
+    """Per (memory, seed, checkpoint): the horizon and the fully reset KL."""
+    rows = horizon.groupby(["memory", "seed", "update", "env_steps"])
+    full = rows.apply(lambda g: float(g.loc[g["k"] == 0, "kl"].iloc[0]), include_groups=False)
+    out = rows["horizon"].first().to_frame()
+    out["full_reset_kl"] = full
+    return out.reset_index()
+
+
+def first_step_above(summary: pd.DataFrame, threshold: int = 1) -> pd.DataFrame:
+    """Per (memory, seed): the first env step at which the horizon exceeds `threshold` steps
+    (NaN if it never does)."""
+    def first(group: pd.DataFrame) -> float:
+        hits = group.loc[group["horizon"] > threshold, "env_steps"]
+        return float(hits.min()) if len(hits) else float("nan")
+
+    return (summary.groupby(["memory", "seed"])[["env_steps", "horizon"]].apply(first)
+            .rename("first_env_steps").reset_index())
+
+
+# ------------------------------------------------------------------ summaries for the figures
+def final_rows(frame: pd.DataFrame, by: tuple[str, ...] = ("memory", "seed")) -> pd.DataFrame:
+    """The rows of each (memory, seed)'s last env step."""
+    last = frame.groupby(list(by))["env_steps"].transform("max")
+    return frame[frame["env_steps"] == last].reset_index(drop=True)
+
+
+def by_width(values: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per memory width: mean, sd (ddof 1) and range of `column` over seeds (one value each)."""
+    return (values.groupby("memory")[column]
+            .agg(mean="mean", sd="std", low="min", high="max", seeds="count").reset_index())
+
+
+def return_gaps(training: pd.DataFrame, last_bins: int = 2) -> pd.DataFrame:
+    """Per memory width: the final training return (mean of each seed's last `last_bins` bins)
+    over seeds, and its gap to the width-0 control relative to the control's mean."""
+    tail = (training.sort_values("env_steps").groupby(["memory", "seed"]).tail(last_bins)
+            .groupby(["memory", "seed"])["episode_return"].mean().reset_index())
+    out = by_width(tail, "episode_return")
+    control = out.loc[out["memory"] == 0, "mean"]
+    out["relative_gap"] = (out["mean"] / float(control.iloc[0]) - 1.0) if len(control) \
+        else np.nan
+    return out
+
+
+def checkpoint_means(episodes: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Per (memory, seed, checkpoint, condition): means of `columns` over the episodes."""
+    return (episodes.groupby(["memory", "seed", "update", "env_steps", "condition"])[columns]
+            .mean().reset_index())
+
+
+def ablation_effect(episodes: pd.DataFrame) -> pd.DataFrame:
+    """Per (memory, seed, checkpoint): intact and ablated mean return and their difference."""
+    means = checkpoint_means(episodes, ["episode_return"])
+    wide = means.pivot_table(index=["memory", "seed", "update", "env_steps"],
+                             columns="condition", values="episode_return").reset_index()
+    wide["drop"] = wide["intact"] - wide["ablated"]
+    return wide
+
+
+def probe_selectivity(probes: pd.DataFrame) -> pd.DataFrame:
+    """Per (memory, seed, checkpoint, variable): R² of each feature set and the selectivity."""
+    return selectivity(probes, by=("memory", "seed", "update", "env_steps"))
+
+
+def best_decoded(probes: pd.DataFrame) -> pd.DataFrame:
+    """Per memory width > 0, at the last checkpoint: the variable with the highest mean
+    selectivity over seeds, with its mean and sd, and the hidden state's and controls' R²."""
+    final = final_rows(probe_selectivity(probes[probes["memory"] > 0]))
+    means = final.groupby(["memory", "variable"]).agg(
+        selectivity=("selectivity", "mean"), selectivity_sd=("selectivity", "std"),
+        hidden=("hidden", "mean"), untrained=("untrained", "mean"),
+        observation=("observation", "mean"), seeds=("seed", "count")).reset_index()
+    means = means.dropna(subset=["selectivity"])
+    return means.loc[means.groupby("memory")["selectivity"].idxmax()].reset_index(drop=True)

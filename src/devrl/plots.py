@@ -123,3 +123,12 @@ def glue_numbers(values: dict[str, float]) -> None:
 
     for key, value in values.items():
         glue(key, float(value), display=False)
+
+
+def glue_words(values: dict[str, str]) -> None:
+    """Glue each string under its key for `{glue:text}` (e.g. whether a prediction held, decided
+    by the data in the notebook, never typed into the prose)."""
+    from myst_nb import glue
+
+    for key, value in values.items():
+        glue(key, str(value), display=False)
