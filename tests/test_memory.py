@@ -148,3 +148,32 @@ def test_horizon_of_reads_the_first_k_below_the_fraction():
     assert memory.horizon_of(curve) == 4
     assert memory.horizon_of(curve.assign(kl=curve["kl"] * 1e-4)) == 0  # below the floor
     assert memory.horizon_of(curve.assign(kl=[1.0, 1, 1, 1, 1])) == 9  # beyond the grid
+
+
+def test_recurrent_probe_states_carry_the_history_the_policy_acted_with(tmp_path):
+    """Each probe state's window is its episode's history in the rollout that reached it, so the
+    checkpoint that ran the rollout, evaluated on the windows, gives back the probabilities it
+    acted with; a window cut short (as a zero hidden state a few steps back would be) does not."""
+    from devrl.behaviour import collect_probe, make_probe_policy
+    from devrl.runs import list_checkpoints, load_params
+
+    config = make_config("smoke", memory=4)
+    run_dir = train(config, tmp_path / "rnn")
+    # A barely trained smoke policy is near uniform; scaled up, it depends on its memory.
+    params = [jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 300.0 if "actor_out" in jax.tree_util.keystr(path) else x * 2.0,
+        load_params(path)) for _, path in list_checkpoints(run_dir)[-2:]]
+    probe = collect_probe(config, params, per_context=8)
+    policy = make_probe_policy(config)
+    lengths = probe["first"].shape[1] - np.argmax(probe["first"][:, ::-1], axis=1)
+    assert lengths.max() > 8  # some history is longer than the cut below
+    cut = 8
+    for source, source_params in enumerate(params):
+        mask = probe["source"] == source
+        assert mask.any()
+        probs = np.asarray(policy(source_params, probe["obs"][mask], probe["first"][mask]))
+        np.testing.assert_allclose(probs, probe["source_probs"][mask], atol=2e-5)
+        short_first = probe["first"][mask][:, -cut:].copy()
+        short_first[:, 0] = True
+        short = np.asarray(policy(source_params, probe["obs"][mask][:, -cut:], short_first))
+        assert np.abs(short - probe["source_probs"][mask]).max() > 1e-3

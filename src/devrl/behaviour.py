@@ -9,7 +9,9 @@ For every checkpoint of a run, `evaluate_run` writes (under RUN/behaviour/):
   probe states of that context, P(PLACE_PLANT), and the "context size" of plant placing: the
   fraction of the context's probe states where PLACE_PLANT is the most likely action.
 * `probe.npz`: the probe set, collected once per run from rollouts of several checkpoints, so it
-  holds states the agent actually meets early and late in training.
+  holds states the agent actually meets early and late in training. For a recurrent policy each
+  probe state carries its history from the start of its episode, and every checkpoint is
+  evaluated on that history with its own memory (`collect_probe`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ PROBE_SEED = 7_919
 PROBE_FRACTIONS = (0.02, 0.1, 0.3, 1.0)  # checkpoints (fraction of training) the probe comes from
 PROBE_ENVS = 64
 PROBE_STEPS = 256
-RECURRENT_PROBE_WINDOW = 32  # observations fed to a recurrent policy before a probe state
 
 
 def load_config(run_dir: Path) -> TrainConfig:
@@ -103,7 +104,14 @@ def make_episode_runner(config: TrainConfig, episodes: int, max_steps: int):
 
 
 def collect_probe(config: TrainConfig, checkpoint_params: list[Any], per_context: int) -> dict:
-    """Roll out several checkpoints, then draw up to `per_context` states per plant context."""
+    """Roll out several checkpoints, then draw up to `per_context` states per plant context.
+
+    Each probe state comes with the observations that led to it: for a feedforward policy the
+    state alone (windows of 1), for a recurrent one its whole history from the start of its
+    episode in the rollout that reached it (every rollout starts at a reset), left-padded to the
+    longest such history. A policy evaluated on a window therefore carries the hidden state it
+    would have on that history; for the checkpoint that ran the rollout, exactly the hidden state
+    it acted with (`source_probs`, its action probabilities there, lets this be checked)."""
     env = PoolResetVecEnv(BehaviourWrapper(config.env_name), PROBE_ENVS, PROBE_ENVS)
     params_env = env.default_params
     network = make_network(config, env.num_actions)
@@ -119,26 +127,23 @@ def collect_probe(config: TrainConfig, checkpoint_params: list[Any], per_context
             hidden, logits, _ = network.apply(params, hidden, obs[None], first[None])
             action = jax.random.categorical(k_act, logits[0])
             next_obs, state, _, done, info = env.step(k_env, state, action, params_env)
-            return (next_obs, state, hidden, done), (obs, first, info["context"])
+            return (next_obs, state, hidden, done), (obs, first, info["context"],
+                                                     jax.nn.softmax(logits[0]))
 
         carry = (obs, state, initial_hidden(PROBE_ENVS, config.memory),
                  jnp.ones((PROBE_ENVS,), bool))
         _, out = jax.lax.scan(step, carry, jax.random.split(k_loop, PROBE_STEPS))
         return out
 
-    window = RECURRENT_PROBE_WINDOW if config.memory else 1
-    windows, firsts, contexts = [], [], []
-    for i, params in enumerate(checkpoint_params):
-        obs, first, context = jax.device_get(
-            rollout(params, jax.random.fold_in(jax.random.PRNGKey(PROBE_SEED), i)))
-        times = np.arange(window - 1, PROBE_STEPS)
-        index = times[:, None] - np.arange(window - 1, -1, -1)[None, :]  # [n_t, window]
-        windows.append(obs[index].transpose(0, 2, 1, 3).reshape(-1, window, obs.shape[-1]))
-        firsts.append(first[index].transpose(0, 2, 1).reshape(-1, window))
-        contexts.append(context[times].reshape(-1))
-    windows = np.concatenate(windows)
-    firsts = np.concatenate(firsts)
-    contexts = np.concatenate(contexts)
+    rollouts = [jax.device_get(rollout(params, jax.random.fold_in(
+        jax.random.PRNGKey(PROBE_SEED), i))) for i, params in enumerate(checkpoint_params)]
+    # Candidates: every (source, t, env), in that order; their contexts and episode starts.
+    contexts = np.concatenate([r[2].reshape(-1) for r in rollouts])
+    starts = []
+    for _, first, _, _ in rollouts:
+        t_index = np.arange(PROBE_STEPS)[:, None] * np.ones((1, PROBE_ENVS), np.int64)
+        starts.append(np.maximum.accumulate(np.where(first, t_index, 0), axis=0).reshape(-1))
+    starts = np.concatenate(starts)
     rng = np.random.default_rng(PROBE_SEED)
     chosen = []
     for c in range(len(CONTEXTS)):
@@ -146,10 +151,22 @@ def collect_probe(config: TrainConfig, checkpoint_params: list[Any], per_context
         chosen.append(np.sort(rng.choice(candidates, min(per_context, len(candidates)),
                                          replace=False)))
     chosen = np.concatenate(chosen)
-    first_col = firsts[chosen].copy()
-    first_col[:, 0] = True  # each window starts from a zero hidden state
-    return {"obs": windows[chosen].astype(np.float32), "first": first_col,
-            "context": contexts[chosen].astype(np.int32)}
+    per_source = PROBE_STEPS * PROBE_ENVS
+    source, rest = np.divmod(chosen, per_source)
+    t, e = np.divmod(rest, PROBE_ENVS)
+    lengths = t - starts[chosen] + 1 if config.memory else np.ones_like(t)
+    window = int(lengths.max()) if len(chosen) else 1
+    obs_size = rollouts[0][0].shape[-1]
+    obs = np.zeros((len(chosen), window, obs_size), np.float32)
+    first = np.zeros((len(chosen), window), bool)
+    for i, (s, ti, ei, n) in enumerate(zip(source, t, e, lengths)):
+        obs[i, window - n:] = rollouts[s][0][ti - n + 1:ti + 1, ei]
+        first[i, window - n:] = rollouts[s][1][ti - n + 1:ti + 1, ei]
+    first[:, 0] = True  # padding (if any) starts from a zero state; the episode start resets it
+    return {"obs": obs, "first": first, "context": contexts[chosen].astype(np.int32),
+            "source": source.astype(np.int32),
+            "source_probs": np.stack([rollouts[s][3][ti, ei] for s, ti, ei in
+                                      zip(source, t, e)]).astype(np.float32)}
 
 
 def make_probe_policy(config: TrainConfig):
@@ -211,7 +228,7 @@ def evaluate_run(run_dir: Path, episodes: int = 64, max_steps: int = 3000,
                         for f in PROBE_FRACTIONS})
         paths = dict(checkpoints)
         probe = collect_probe(config, [load_params(paths[u]) for u in picks], probe_per_context)
-        probe["source_updates"] = np.array(picks, np.int32)
+        probe["source_updates"] = np.array(picks, np.int32)[probe.pop("source")]
         atomic_write_npz(probe_path, probe, compress=True)
     with np.load(probe_path) as data:
         probe = {k: data[k] for k in data.files}

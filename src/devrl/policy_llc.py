@@ -146,8 +146,10 @@ def policy_loss(width: int, depth: int, activation: str, memory: int, num_action
     """loss(actor_params, batch) = mean over states of CE(batch["target"], π(·|state)).
 
     `batch` holds "obs" [B, W, D] and "first" [B, W] (observation windows ending at the probe
-    state; W = 1 for a feedforward policy) and "target" [B, A] (π_w*'s probabilities). Cached per
-    architecture, so every checkpoint of a run reuses one compiled sampler.
+    state: W = 1 for a feedforward policy; for a recurrent one each state's history from the
+    start of its episode, left-padded, so that π_w conditions on the stored history through its
+    own memory: `devrl.behaviour.collect_probe`) and "target" [B, A] (π_w*'s probabilities).
+    Cached per architecture, so every checkpoint of a run reuses one compiled sampler.
     """
     config = TrainConfig(width=width, depth=depth, activation=activation, memory=memory)
     network = make_network(config, num_actions)
