@@ -27,8 +27,9 @@ LLC_NOTEBOOKS = ["llc-validation", "policy-llc", "llc-by-layer", "llc-by-context
                  "essential-dynamics"]
 TOY_NOTEBOOKS = ["toy-plant-overshoot", "toy-plant-fit", "toy-lagoon", "toy-fork"]
 REGIME_NOTEBOOKS = ["llc-regime"]
+MEMORY_NOTEBOOKS = ["memory-return", "memory-horizon", "memory-ablation", "memory-probes"]
 # every notebook, published or not (the regime study reads the policy-LLC data, so it comes after)
-NOTEBOOKS = CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS
+NOTEBOOKS = CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS + MEMORY_NOTEBOOKS
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
 # it once its cpu-scale data is committed; `only_build_toc_files` leaves the others out).
@@ -134,11 +135,16 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
     result = run_figure(name, "-p", "scale", "smoke", "-p", "recompute", "True",
                         "-p", "seeds", "[0]", "--out", str(out), env=smoke_env)
     assert result.returncode == 0, result.stderr[-3000:]
-    data = Path(smoke_env["DEVRL_DATA"]) / "craftax-smoke"
+    data = Path(smoke_env["DEVRL_DATA"]) / ("memory-smoke" if name in MEMORY_NOTEBOOKS
+                                            else "craftax-smoke")
     assert verify_manifest(data) == []
     manifest = json.loads((data / "manifest.json").read_text())
-    assert [run["seed"] for run in manifest["runs"]] == [0]
+    assert {run["seed"] for run in manifest["runs"]} == {0}
     assert all(run["complete"] and run["config"]["width"] == 32 for run in manifest["runs"])
+    if name in MEMORY_NOTEBOOKS:
+        assert sorted(run["memory"] for run in manifest["runs"]) == [0, 4]
+        assert set(manifest["tables"]) == {"training", "episodes", "horizon",
+                                           "horizon_summary", "probes"}
     if name in LLC_NOTEBOOKS:
         llc = Path(smoke_env["DEVRL_DATA"]) / "llc-smoke"
         assert verify_manifest(llc) == []

@@ -177,3 +177,29 @@ def test_recurrent_probe_states_carry_the_history_the_policy_acted_with(tmp_path
         short_first[:, 0] = True
         short = np.asarray(policy(source_params, probe["obs"][mask][:, -cut:], short_first))
         assert np.abs(short - probe["source_probs"][mask]).max() > 1e-3
+
+
+def test_craftax_variables_remember_a_landmark_out_of_view():
+    """Known answer: water two cells below the player is in view (not a probe target); after the
+    player moves 10 cells away it is out of view, and the remembered offset is exact."""
+    from craftax.craftax_classic.constants import BlockType
+
+    from devrl.envs import BehaviourWrapper
+
+    env = BehaviourWrapper()
+    _, state = env.reset(jax.random.PRNGKey(0), env.default_params)
+    world = state.env_state
+    grass = jnp.full_like(world.map, BlockType.GRASS.value)
+    player = jnp.array([32, 32], jnp.int32)
+    world = world.replace(map=grass.at[34, 32].set(BlockType.WATER.value), player_position=player)
+    batch = jax.tree.map(lambda x: x[None], world)
+    names = memory.CRAFTAX_VARIABLES
+    values, valid, track = memory.craftax_variables(batch, jnp.array([True]), None)
+    values, valid, track = memory.craftax_variables(batch, jnp.array([True]), track)
+    assert not valid[0, names.index("water_dx")]  # in view now: not a memory target
+    moved = jax.tree.map(lambda x: x[None], world.replace(player_position=player + jnp.array([0, 10])))
+    values, valid, track = memory.craftax_variables(moved, jnp.array([False]), track)
+    got = dict(zip(names, np.asarray(values[0])))
+    assert valid[0, names.index("water_dx")] and valid[0, names.index("water_steps")]
+    assert (got["water_dx"], got["water_dy"], got["water_steps"]) == (2.0, -10.0, 1.0)
+    assert not valid[0, names.index("tree_dx")]  # never seen

@@ -322,7 +322,7 @@ def open_data_set(folder: Path, scale: str) -> dict[str, Any]:
 
 def choose_seeds(manifest: dict[str, Any], seeds: list[int] | None, folder: Path) -> list[int]:
     """`seeds` if the data set holds them all, every seed it holds if `seeds` is None."""
-    available = sorted(r["seed"] for r in manifest["runs"])
+    available = sorted({r["seed"] for r in manifest["runs"]})
     if seeds is not None and not set(seeds) <= set(available):
         raise ConfigError(f"seeds={seeds} is not allowed: {folder} holds seeds {available}")
     return seeds if seeds is not None else available
@@ -532,7 +532,6 @@ def memory_data(scale: str = "cpu", seeds: list[int] | None = None,
     tables, manifest = table_set("memory", scale, recompute, build)
     folder = data_root() / f"memory-{scale}"
     chosen = choose_seeds(manifest, seeds, folder)
-    chosen = sorted(set(chosen))
     picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
               for name, frame in tables.items()}
     return MemoryData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)

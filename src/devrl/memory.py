@@ -381,8 +381,8 @@ def probe_scores(traj: Trajectories, names: tuple[str, ...], untrained_hidden: n
 def selectivity(probes: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
     """Per variable (and `by`): the R² of each feature set (NaN where a set was not probed, e.g.
     no hidden state at memory 0), and the hidden-state probe's R² minus the best control's."""
-    wide = probes.pivot_table(index=[*by, "variable"], columns="features", values="r2",
-                              dropna=False).reset_index()
+    wide = (probes.set_index([*by, "variable", "features"])["r2"].unstack("features")
+            .reset_index())
     wide.columns.name = None
     for kind in ("hidden", "untrained", "observation"):
         if kind not in wide:
@@ -415,6 +415,7 @@ def measure_run(run_dir: Path, settings: dict[str, int], show_progress: bool = F
         check_verified,
         list_checkpoints,
         load_params,
+        write_manifest,
     )
 
     run_dir = Path(run_dir)
@@ -430,6 +431,9 @@ def measure_run(run_dir: Path, settings: dict[str, int], show_progress: bool = F
         raise ConfigError(f"{out} was measured with other settings ({stored.read_text()}); "
                           "allowed: the same settings, or delete the folder to start over")
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "manifest.json").exists():
+        # A folder with a manifest of its own, so the run's manifest never counts its files.
+        write_manifest(out, {"complete": False}, exclude=("",))
     atomic_write_json(stored, settings)
     episodes, max_steps = settings["episodes"], settings["max_steps"]
     intact_runner = make_trajectory_runner(config, episodes, max_steps)
@@ -478,6 +482,8 @@ def measure_run(run_dir: Path, settings: dict[str, int], show_progress: bool = F
         table.insert(0, "memory", config.memory)
         table.insert(1, "seed", config.seed)
         result[name] = table
+    write_manifest(out, {"complete": True, "run_config_hash": config.config_hash(),
+                         "settings": settings})
     return result
 
 

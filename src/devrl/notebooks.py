@@ -157,7 +157,7 @@ def check_against_data(name: str, parameters: dict[str, Parameter],
     seeds = merged.get("seeds")
     if seeds and folders and "unused" not in parameters["seeds"].comment:
         runs = json.loads((folders[0] / "manifest.json").read_text()).get("runs", [])
-        available = sorted(r["seed"] for r in runs)
+        available = sorted({r["seed"] for r in runs})
         if runs and not set(seeds) <= set(available):
             raise ConfigError(f"seeds={seeds} is not allowed: {folders[0]} holds seeds "
                               f"{available}")
