@@ -338,8 +338,9 @@ def ridge_cv_r2(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = P
         if not test.any() or not train.any():
             continue
         mu, sd = x[train].mean(0), x[train].std(0)
-        sd = np.where(sd > 1e-8, sd, 1.0)
-        xt, xs = (x[train] - mu) / sd, (x[test] - mu) / sd
+        varies = sd > 1e-8  # constant columns carry nothing once centred: dropped (exactly)
+        mu, sd = mu[varies], sd[varies]
+        xt, xs = (x[train][:, varies] - mu) / sd, (x[test][:, varies] - mu) / sd
         ym = y[train].mean()
         gram = xt.T @ xt
         rhs = xt.T @ (y[train] - ym)
