@@ -46,12 +46,22 @@ def round_floats(frame: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
 def mean_band(frame: pd.DataFrame, x: str, x_title: str, y_title: str,
               color: str | None = None, color_title: str | None = None,
               log_x: bool = False, y_format: str | None = None,
-              width: int = 520, height: int = 200) -> alt.LayerChart:
-    """Line of the mean over seeds and a band over their range (`mean`, `low`, `high` columns)."""
+              width: int = 520, height: int = 200,
+              color_domain: list[str] | None = None) -> alt.LayerChart:
+    """Line of the mean over seeds and a band over their range (`mean`, `low`, `high` columns).
+    `color_domain` fixes the order and colour of each series (the same series get the same
+    colour in every chart drawn with the same domain)."""
     scale = alt.Scale(type="log") if log_x else alt.Undefined
     x_enc = alt.X(f"{x}:Q", title=x_title, scale=scale, axis=alt.Axis(format="~s"))
     axis = alt.Axis(format=y_format) if y_format else alt.Undefined
-    color_enc = (alt.Color(f"{color}:N", title=color_title) if color else alt.Undefined)
+    if color and color_domain:
+        color_enc = alt.Color(f"{color}:N", title=color_title, sort=color_domain,
+                              scale=alt.Scale(domain=color_domain,
+                                              range=PALETTE[:len(color_domain)]))
+    elif color:
+        color_enc = alt.Color(f"{color}:N", title=color_title)
+    else:
+        color_enc = alt.Undefined
     tooltip = [alt.Tooltip(f"{x}:Q", format=",", title=x_title),
                alt.Tooltip("mean:Q", format=".3f"), alt.Tooltip("low:Q", format=".3f"),
                alt.Tooltip("high:Q", format=".3f"), alt.Tooltip("seeds:Q")]
