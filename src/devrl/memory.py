@@ -620,7 +620,19 @@ def return_gaps(training: pd.DataFrame, last_bins: int = 2) -> pd.DataFrame:
     control = out.loc[out["memory"] == 0, "mean"]
     out["relative_gap"] = (out["mean"] / float(control.iloc[0]) - 1.0) if len(control) \
         else np.nan
+    out["welch_p"] = [welch_p(tail.loc[tail["memory"] == m, "episode_return"],
+                              tail.loc[tail["memory"] == 0, "episode_return"])
+                      for m in out["memory"]]
     return out
+
+
+def welch_p(a: pd.Series, b: pd.Series) -> float:
+    """Two-sided p-value of Welch's t-test of equal means (NaN with fewer than 2 values each)."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def checkpoint_means(episodes: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
