@@ -225,8 +225,6 @@ def make_trajectory_runner(config: TrainConfig, episodes: int, max_steps: int,
 
 def hidden_states(config: TrainConfig, params: Any, traj: Trajectories) -> np.ndarray:
     """The hidden states [T, E, M] that `params` reaches on `traj`'s observations."""
-    from devrl.networks import ActorCritic
-
     network = _network(config, traj)
 
     @jax.jit
@@ -239,7 +237,6 @@ def hidden_states(config: TrainConfig, params: Any, traj: Trajectories) -> np.nd
         hidden0 = jnp.zeros((obs.shape[1], config.memory), jnp.float32)
         return jax.lax.scan(step, hidden0, (obs, first))[1]
 
-    assert isinstance(network, ActorCritic)
     return np.asarray(run(params, traj.obs, traj.first))
 
 
