@@ -150,8 +150,7 @@ def env_for(config: TrainConfig, episodes: int):
     if config.env_name == CUE_ENV:
         from devrl.memory_task import CueMemoryVecEnv
 
-        return CueMemoryVecEnv(episodes), lambda state, first, track: cue_variables(
-            state, first, track)
+        return CueMemoryVecEnv(episodes), cue_variables
     from devrl.envs import BehaviourWrapper, PoolResetVecEnv
 
     env = PoolResetVecEnv(BehaviourWrapper(config.env_name), episodes, episodes)
