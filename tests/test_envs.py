@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from craftax.craftax_classic.constants import Action, BlockType
+from craftax.craftax_classic.constants import Achievement, Action, BlockType
 
 from devrl.envs import BehaviourWrapper, PoolResetVecEnv, plant_context
 
@@ -124,3 +124,77 @@ def test_pool_resets_replace_only_finished_envs(num_done, pool_size):
     assert np.array_equal(np.asarray(pool_before), pool_maps) != refilled
     np.testing.assert_array_equal(np.asarray(obs[which[0]]),
                                   np.asarray(new.pool_obs[0]))
+
+
+# Extra reward each step pays over the game's own, per variant, on the scripted sequence of
+# test_reward_variants_on_a_scripted_sequence: first plant, a second plant, a failed attempt,
+# and a step that is not about plants.
+VARIANT_EXTRA = {
+    "default": (0.0, 0.0, 0.0, 0.0),
+    "no_plant": (-1.0, 0.0, 0.0, 0.0),
+    "every_plant": (0.0, 1.0, 0.0, 0.0),
+    "plant_x4": (3.0, 0.0, 0.0, 0.0),
+}
+
+
+def plant_sequence(variant: str):
+    """(reward, game reward) of each step of the scripted sequence under `variant`, and the
+    final state. The game's own dynamics and keys are the same for every variant."""
+    wrapper = BehaviourWrapper(reward=variant)
+    step = jax.jit(wrapper.step)
+    place = Action.PLACE_PLANT.value
+    state, _ = scripted_state(wrapper, RIGHT, BlockType.GRASS.value, 2)
+    out = []
+
+    def act(state, action, seed):
+        game_before = state.stats.default_return
+        _, state, reward, _, _ = do(step, wrapper, state, action, seed=seed)
+        out.append((float(reward), float(state.stats.default_return - game_before)))
+        return state
+
+    state = act(state, place, 0)  # 1. the first plant of the episode
+    env = state.env_state
+    left = env.player_position + jnp.array([0, -1])
+    state = state.replace(env_state=env.replace(  # face fresh grass, one sapling left
+        map=env.map.at[left[0], left[1]].set(BlockType.GRASS.value),
+        player_direction=jnp.asarray(LEFT, dtype=env.player_direction.dtype)))
+    state = act(state, place, 1)  # 2. a second plant
+    state = act(state, place, 2)  # 3. no sapling left: an attempt that plants nothing
+    state = act(state, Action.NOOP.value, 3)  # 4. nothing to do with plants
+    return out, state
+
+
+@pytest.mark.parametrize("variant", list(VARIANT_EXTRA))
+def test_reward_variants_on_a_scripted_sequence(variant):
+    default, _ = plant_sequence("default")
+    steps, state = plant_sequence(variant)
+    assert int(state.stats.plants_placed) == 2 and int(state.stats.place_attempts) == 3
+    # The achievement is recorded under every variant, including the one that does not pay it.
+    assert bool(state.env_state.achievements[Achievement.PLACE_PLANT.value])
+    game = [g for _, g in steps]
+    assert game == [g for _, g in default]  # same world, same game reward
+    assert game[0] >= 1.0  # the first plant unlocks PLACE_PLANT in the game's own reward
+    extra = [r - g for r, g in steps]
+    np.testing.assert_allclose(extra, VARIANT_EXTRA[variant], atol=1e-6)
+    np.testing.assert_allclose(float(state.stats.episode_return), sum(r for r, _ in steps),
+                               rtol=1e-6)
+    np.testing.assert_allclose(float(state.stats.default_return), sum(game), rtol=1e-6)
+
+
+def test_unknown_reward_is_a_clear_error():
+    from devrl.config import ConfigError, make_config
+
+    with pytest.raises(ConfigError, match="reward='plant_x5'.*default, no_plant, every_plant"):
+        BehaviourWrapper(reward="plant_x5")
+    with pytest.raises(ConfigError, match="reward='plant_x5'.*default, no_plant, every_plant"):
+        make_config("cpu", reward="plant_x5")
+    with pytest.raises(ConfigError, match="reward='no_plant'.*Cue-Memory-v0"):
+        make_config("smoke", env_name="Cue-Memory-v0", reward="no_plant")
+
+
+def test_reward_field_keeps_the_hash_of_runs_made_before_it():
+    from devrl.config import make_config
+
+    # The committed data/craftax-cpu runs (seed 0) were hashed before `reward` existed.
+    assert make_config("cpu").config_hash() == "394ede7e0aa4344c"
+    assert make_config("cpu", reward="no_plant").config_hash() != "394ede7e0aa4344c"

@@ -63,7 +63,7 @@ def load_config(run_dir: Path) -> TrainConfig:
 
 def make_episode_runner(config: TrainConfig, episodes: int, max_steps: int):
     """jit(params, key) -> (episode vectors [E, F], finished [E], truncated [E])."""
-    env = BehaviourWrapper(config.env_name)
+    env = BehaviourWrapper(config.env_name, config.reward)
     params_env = env.default_params
     network = make_network(config, env.num_actions)
 
@@ -112,7 +112,7 @@ def collect_probe(config: TrainConfig, checkpoint_params: list[Any], per_context
     longest such history. A policy evaluated on a window therefore carries the hidden state it
     would have on that history; for the checkpoint that ran the rollout, exactly the hidden state
     it acted with (`source_probs`, its action probabilities there, lets this be checked)."""
-    env = PoolResetVecEnv(BehaviourWrapper(config.env_name), PROBE_ENVS, PROBE_ENVS)
+    env = PoolResetVecEnv(BehaviourWrapper(config.env_name, config.reward), PROBE_ENVS, PROBE_ENVS)
     params_env = env.default_params
     network = make_network(config, env.num_actions)
 

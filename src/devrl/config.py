@@ -12,6 +12,10 @@ CRAFTAX_ENV = "Craftax-Classic-Symbolic-v1"
 CUE_ENV = "Cue-Memory-v0"  # the known-answer memory task of devrl.memory_task
 ENV_NAMES = (CRAFTAX_ENV, CUE_ENV)
 ACTIVATIONS = ("tanh", "relu")
+# Reward structures of Craftax-Classic (devrl.envs.REWARD_SPECS says what each pays): the game's
+# own, the plant's first placement unrewarded, every successful placement rewarded, and the first
+# placement worth 4 achievements.
+REWARDS = ("default", "no_plant", "every_plant", "plant_x4")
 SCALES = ("smoke", "cpu", "paper")
 
 
@@ -34,6 +38,8 @@ class TrainConfig:
     depth: int = 3
     activation: str = "tanh"
     memory: int = 0  # GRU width; 0 = feedforward
+    # Reward structure (Craftax only): one of REWARDS.
+    reward: str = "default"
     # PPO (Craftax baseline defaults).
     num_steps: int = 64  # rollout length per update
     update_epochs: int = 4
@@ -66,8 +72,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def config_hash(self) -> str:
-        """Stable short hash of every field (key order independent)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable short hash of every field (key order independent). A field added after runs
+        were made (LATER_FIELDS) enters the hash only when it is not at its default, so those
+        runs keep their hash and their folder."""
+        values = {k: v for k, v in self.to_dict().items()
+                  if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+        text = json.dumps(values, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def point_hash(self) -> str:
@@ -80,6 +90,11 @@ class TrainConfig:
 
         if self.env_name not in ENV_NAMES:
             bad("env_name", f"must be one of {', '.join(ENV_NAMES)}")
+        if self.reward not in REWARDS:
+            bad("reward", f"must be one of {', '.join(REWARDS)}")
+        if self.reward != "default" and self.env_name != CRAFTAX_ENV:
+            bad("reward", f"must be 'default' for env_name={self.env_name!r} (reward variants "
+                f"are defined for {CRAFTAX_ENV})")
         if self.activation not in ACTIVATIONS:
             bad("activation", f"must be one of {', '.join(ACTIVATIONS)}")
         for name in ("num_envs", "reset_ratio", "width", "depth", "num_steps", "update_epochs",
@@ -113,6 +128,10 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         return self
+
+
+# Fields added after committed runs existed, with the default those runs implicitly had.
+LATER_FIELDS: dict[str, Any] = {"reward": "default"}
 
 
 def _divisors(n: int) -> list[int]:
@@ -152,6 +171,7 @@ FIELD_HELP = {
     "depth": "hidden layers of the actor and of the critic MLP",
     "activation": "hidden activation: " + " | ".join(ACTIVATIONS),
     "memory": "GRU memory width; 0 = feedforward",
+    "reward": "reward structure (Craftax): " + " | ".join(REWARDS),
     "num_steps": "rollout length per PPO update",
     "update_epochs": "PPO epochs per update",
     "num_minibatches": "minibatches per epoch",

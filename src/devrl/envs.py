@@ -6,6 +6,9 @@ Two wrappers, one concern each:
   episode: return, length, plants placed, place-plant attempts, saplings collected, plants eaten
   and how often each action was chosen. The counts of a finished episode are in `info` on the step
   whose `done` is true.
+* The reward can be changed (`TrainConfig.reward`, `REWARD_SPECS`): what the plant pays is
+  rescaled or repeated, on top of the game's own reward; `default_return` always counts the
+  game's own reward, so returns compare across reward structures.
 * `PoolResetVecEnv` (a batch of environments) replaces finished episodes with fresh worlds drawn
   from a pool. The pool is generated only when it runs out, so world generation (about 1 ms a
   world on a CPU) costs about one world per finished episode instead of one per env per step. A
@@ -24,7 +27,7 @@ from craftax.craftax_classic.envs.craftax_symbolic_env import (
 )
 from flax import struct
 
-from devrl.config import CRAFTAX_ENV, ConfigError
+from devrl.config import CRAFTAX_ENV, REWARDS, ConfigError
 
 NUM_ACTIONS = len(Action)
 ACTION_NAMES = tuple(a.name.lower() for a in Action)
@@ -35,11 +38,48 @@ CONTEXTS = ("sapling_facing_grass", "sapling_elsewhere", "no_sapling")
 
 
 EPISODE_FIELDS = (
-    ("episode_return", "episode_length", "plants_placed", "place_attempts",
+    ("episode_return", "default_return", "episode_length", "plants_placed", "place_attempts",
      "saplings_collected", "plants_eaten")
     + tuple(f"achievement_{a}" for a in ACHIEVEMENT_NAMES)
     + tuple(f"action_{a}" for a in ACTION_NAMES)
 )
+
+
+@struct.dataclass
+class RewardSpec:
+    """How a reward structure pays for plants, relative to the game's own reward (which pays 1 for
+    each achievement the first time it is unlocked in an episode, plus 0.1 per health point
+    gained or lost)."""
+
+    plant_first: float = 1.0  # paid when PLACE_PLANT is first unlocked in the episode
+    plant_repeat: float = 0.0  # paid for every later successful placement in the episode
+
+
+REWARD_SPECS = {
+    "default": RewardSpec(),
+    "no_plant": RewardSpec(plant_first=0.0),  # the achievement is still recorded
+    "every_plant": RewardSpec(plant_repeat=1.0),  # every successful plant pays like the first
+    "plant_x4": RewardSpec(plant_first=4.0),  # the first plant is worth four achievements
+}
+assert tuple(REWARD_SPECS) == REWARDS
+
+
+def reward_spec(reward: str) -> RewardSpec:
+    if reward not in REWARD_SPECS:
+        raise ConfigError(f"reward={reward!r} is not allowed: must be one of "
+                          f"{', '.join(REWARD_SPECS)}")
+    return REWARD_SPECS[reward]
+
+
+def shaped_reward(spec: RewardSpec, game_reward: jax.Array, placed: jax.Array,
+                  had_plant_achievement: jax.Array) -> jax.Array:
+    """The reward of `spec` on a step whose game reward is `game_reward`, where `placed` says a
+    sapling was planted and `had_plant_achievement` that PLACE_PLANT was unlocked before it."""
+    first = placed & ~had_plant_achievement
+    repeat = placed & had_plant_achievement
+    return (game_reward.astype(jnp.float32)
+            + (spec.plant_first - 1.0) * first.astype(jnp.float32)
+            + spec.plant_repeat * repeat.astype(jnp.float32))
 
 
 def make_env(env_name: str) -> CraftaxClassicSymbolicEnvNoAutoReset:
@@ -52,7 +92,7 @@ def make_env(env_name: str) -> CraftaxClassicSymbolicEnvNoAutoReset:
 def episode_vector(info: dict) -> jax.Array:
     """The finished-episode fields of one env's step info as a float32 vector (EPISODE_FIELDS)."""
     s = info["stats"]
-    head = jnp.stack([s.episode_return, s.length, s.plants_placed, s.place_attempts,
+    head = jnp.stack([s.episode_return, s.default_return, s.length, s.plants_placed, s.place_attempts,
                       s.saplings_collected, s.plants_eaten]).astype(jnp.float32)
     return jnp.concatenate([head, info["achievements"].astype(jnp.float32),
                             s.action_counts.astype(jnp.float32)])
@@ -62,7 +102,8 @@ def episode_vector(info: dict) -> jax.Array:
 class EpisodeStats:
     """Running counts of the current episode (explicit dtypes: no Python scalars in state)."""
 
-    episode_return: jax.Array  # float32
+    episode_return: jax.Array  # float32: under the run's reward structure
+    default_return: jax.Array  # float32: under the game's own reward
     length: jax.Array  # int32
     plants_placed: jax.Array  # int32: successful PLACE_PLANT (a sapling became a plant)
     place_attempts: jax.Array  # int32: PLACE_PLANT chosen, successful or not
@@ -73,7 +114,8 @@ class EpisodeStats:
     @classmethod
     def zeros(cls) -> EpisodeStats:
         i = jnp.zeros((), jnp.int32)
-        return cls(jnp.zeros((), jnp.float32), i, i, i, i, i,
+        f = jnp.zeros((), jnp.float32)
+        return cls(f, f, i, i, i, i, i,
                    jnp.zeros((NUM_ACTIONS,), jnp.int32))
 
 
@@ -112,10 +154,13 @@ def _explicit(leaf: Any) -> jax.Array:
 
 
 class BehaviourWrapper:
-    """One Craftax-Classic environment (no auto-reset) that counts plant-related behaviour."""
+    """One Craftax-Classic environment (no auto-reset) that counts plant-related behaviour and
+    pays the reward structure `reward` (REWARD_SPECS)."""
 
-    def __init__(self, env_name: str = CRAFTAX_ENV):
+    def __init__(self, env_name: str = CRAFTAX_ENV, reward: str = "default"):
         self.env = make_env(env_name)
+        self.reward = reward
+        self.spec = reward_spec(reward)
         self.default_params = self.env.default_params
         self.num_actions = self.env.num_actions
 
@@ -128,18 +173,21 @@ class BehaviourWrapper:
 
     def step(self, key: jax.Array, state: BehaviourState, action: jax.Array, params: Any):
         before = state.env_state
-        obs, after, reward, done, _ = self.env.step_env(key, before, action, params)
+        obs, after, game_reward, done, _ = self.env.step_env(key, before, action, params)
         awake = jnp.logical_not(before.is_sleeping)
         saplings_before = before.inventory.sapling
         saplings_after = after.inventory.sapling
+        placed = saplings_after < saplings_before  # only planting consumes a sapling
+        reward = shaped_reward(self.spec, game_reward, placed,
+                               before.achievements[Achievement.PLACE_PLANT.value])
         ate = (awake & (action == DO)
                & (facing_block(before) == BlockType.RIPE_PLANT.value))
         old = state.stats
         stats = EpisodeStats(
-            episode_return=old.episode_return + reward.astype(jnp.float32),
+            episode_return=old.episode_return + reward,
+            default_return=old.default_return + game_reward.astype(jnp.float32),
             length=old.length + 1,
-            plants_placed=old.plants_placed
-            + (saplings_after < saplings_before).astype(jnp.int32),
+            plants_placed=old.plants_placed + placed.astype(jnp.int32),
             place_attempts=old.place_attempts + (action == PLACE_PLANT).astype(jnp.int32),
             saplings_collected=old.saplings_collected
             + (saplings_after > saplings_before).astype(jnp.int32),
@@ -148,7 +196,7 @@ class BehaviourWrapper:
         )
         info = {"stats": stats, "achievements": after.achievements.astype(jnp.int32),
                 "context": plant_context(before)}
-        return obs, BehaviourState(after, stats), reward.astype(jnp.float32), done, info
+        return obs, BehaviourState(after, stats), reward, done, info
 
 
 @struct.dataclass

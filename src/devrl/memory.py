@@ -153,7 +153,7 @@ def env_for(config: TrainConfig, episodes: int):
         return CueMemoryVecEnv(episodes), cue_variables
     from devrl.envs import BehaviourWrapper, PoolResetVecEnv
 
-    env = PoolResetVecEnv(BehaviourWrapper(config.env_name), episodes, episodes)
+    env = PoolResetVecEnv(BehaviourWrapper(config.env_name, config.reward), episodes, episodes)
     return env, lambda state, first, track: craftax_variables(
         state.env_states.env_state, first, track)
 

@@ -68,7 +68,7 @@ def make_env(config: TrainConfig):
         from devrl.memory_task import CueMemoryVecEnv
 
         return CueMemoryVecEnv(config.num_envs)
-    return PoolResetVecEnv(BehaviourWrapper(config.env_name), config.num_envs,
+    return PoolResetVecEnv(BehaviourWrapper(config.env_name, config.reward), config.num_envs,
                            config.reset_pool_size)
 
 
