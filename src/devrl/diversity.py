@@ -1,0 +1,300 @@
+"""Behavioural diversity of Craftax agents over training, and around the discovery of achievements.
+
+Three measures, each per checkpoint, each checked on constructed cases in `tests/test_diversity.py`:
+
+* **within one agent** (`hill_numbers`, `strategy_diversity`): Hill numbers D0 (richness), D1 (the
+  exponential of the Shannon entropy) and D2 (inverse Simpson) of the distribution of *episode
+  strategies* over the agent's fixed-seed evaluation episodes at the checkpoint. A strategy is the
+  set of achievements the episode unlocked (a 22-bit pattern; `strategy_labels`). The set, not the
+  order of unlocking, because the evaluation tables of every run hold it at every checkpoint,
+  including the committed default-reward runs whose intermediate parameters were not kept.
+  Sampling error: a percentile bootstrap over episodes. Plug-in Hill numbers are biased low when
+  many strategies are seen once; `coverage` (Good-Turing: 1 - singletons / episodes) says how
+  much of the distribution the sample saw.
+* **across agents** (`mean_pairwise_jsd`): the mean over pairs of agents (seeds, or reward
+  variants) at the same training step of the Jensen-Shannon divergence, in bits (0 = the same
+  policy, 1 = disjoint actions), between their action distributions, averaged over one common set
+  of probe states.
+* **inside the network** (`participation_ratio`): the effective number of directions the actor's
+  hidden activations use across the probe states, (tr C)^2 / tr(C^2) for their covariance C. It is
+  the inverse Simpson index (the Hill number D2) of the covariance's eigenvalue spectrum. A
+  network whose states are served by K disjoint circuits, each varying along one direction and
+  used equally, has a participation ratio of K; used with frequencies p_k, 1 / sum p_k^2
+  (`circuit_network` builds such a network from ActorCritic parameters). We chose it over
+  counting clusters of activation patterns because it needs no number of clusters, no distance
+  and no threshold, and it reads the same on tanh and relu networks. Its limit: a single circuit
+  that varies along d directions counts as d.
+
+**Events** (`discoveries`, `event_triggered`): an achievement is *discovered* at the first
+checkpoint where its success rate over the evaluation episodes reaches `DISCOVERY_THRESHOLD`
+(achievements already at that rate at update 0 are known from the start, not discovered). The
+event-triggered average of a measure is its mean change from the checkpoint before the discovery to
+each checkpoint after, over (run, achievement) events; the null draws the same number of events
+at random checkpoints of the same runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from devrl.config import ConfigError, TrainConfig
+
+DISCOVERY_THRESHOLD = 0.2  # success rate over the evaluation episodes that marks a discovery
+BOOTSTRAP = 200  # bootstrap resamples of the episodes for the Hill numbers' intervals
+BOOTSTRAP_SEED = 2024
+HILL_ORDERS = (0, 1, 2)
+EVENT_WINDOW = 4  # checkpoints after (and one before) a discovery in the event-triggered average
+NULL_DRAWS = 2000  # random-time replicates of the whole set of events
+
+
+# ------------------------------------------------------------------ within one agent
+def hill_numbers(counts: Sequence[float] | np.ndarray, orders: Sequence[float] = HILL_ORDERS
+                 ) -> dict[float, float]:
+    """Hill numbers D_q = (sum p_i^q)^(1/(1-q)) of the abundances `counts` (D1 = exp(entropy))."""
+    counts = np.asarray(counts, float)
+    if counts.ndim != 1 or (counts < 0).any() or counts.sum() <= 0:
+        raise ConfigError(f"counts={counts!r} is not allowed: must be a 1-d array of "
+                          "non-negative abundances with a positive sum")
+    p = counts[counts > 0] / counts.sum()
+    out = {}
+    for q in orders:
+        if q == 1:
+            out[q] = float(np.exp(-(p * np.log(p)).sum()))
+        else:
+            out[q] = float((p ** q).sum() ** (1.0 / (1.0 - q)))
+    return out
+
+
+def strategy_labels(unlocked: np.ndarray) -> np.ndarray:
+    """Each episode's strategy (its row of unlocked achievements, 0/1) as a 0/1 string."""
+    bits = np.asarray(unlocked) > 0.5
+    return np.array(["".join("1" if b else "0" for b in row) for row in bits])
+
+
+def strategy_diversity(strategies: np.ndarray, bootstrap: int = BOOTSTRAP,
+                       seed: int = BOOTSTRAP_SEED, level: float = 0.9) -> dict[str, float]:
+    """D0, D1, D2 of the strategies' distribution with bootstrap intervals, and the coverage."""
+    strategies = np.asarray(strategies)
+    if strategies.size == 0:
+        raise ConfigError("strategies=[] is not allowed: need at least one episode")
+    _, index, counts = np.unique(strategies, return_inverse=True, return_counts=True)
+    out: dict[str, float] = {"episodes": int(strategies.size),
+                             "coverage": 1.0 - float((counts == 1).sum()) / strategies.size}
+    for q, value in hill_numbers(counts).items():
+        out[f"d{q}"] = value
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, strategies.size, size=(bootstrap, strategies.size))
+    boot = np.array([[v for v in hill_numbers(np.bincount(index[d])).values()] for d in draws])
+    tail = (1 - level) / 2
+    for j, q in enumerate(HILL_ORDERS):
+        out[f"d{q}_low"], out[f"d{q}_high"] = np.quantile(boot[:, j], [tail, 1 - tail])
+    return out
+
+
+def strategy_table(episodes: pd.DataFrame, by: Sequence[str] = ("seed", "update")
+                   ) -> pd.DataFrame:
+    """Per group of evaluation episodes (default: per seed and checkpoint), strategy diversity."""
+    columns = [c for c in episodes.columns if c.startswith("achievement_")]
+    if not columns:
+        raise ConfigError("episodes has no achievement_* columns: not an evaluation table")
+    rows = []
+    for key, group in episodes.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        if "env_steps" in group:
+            row["env_steps"] = int(group["env_steps"].iloc[0])
+        row.update(strategy_diversity(strategy_labels(group[columns].to_numpy())))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ across agents
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """JSD in bits between the distributions in the last axis of `p` and `q` (0 <= JSD <= 1)."""
+    p = np.asarray(p, float)
+    q = np.asarray(q, float)
+    m = (p + q) / 2
+
+    def kl(a, b):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(a > 0, a * (np.log2(a) - np.log2(np.where(b > 0, b, 1.0))), 0.0)
+        return terms.sum(-1)
+
+    return np.clip((kl(p, m) + kl(q, m)) / 2, 0.0, 1.0)
+
+
+def mean_pairwise_jsd(policies: Sequence[np.ndarray]) -> float:
+    """Mean over pairs of policies (each [states, actions] on the same states) of their JSD
+    averaged over the states."""
+    if len(policies) < 2:
+        raise ConfigError(f"policies has {len(policies)} entries: need at least 2 agents")
+    values = [jensen_shannon(policies[i], policies[j]).mean()
+              for i in range(len(policies)) for j in range(i + 1, len(policies))]
+    return float(np.mean(values))
+
+
+# ------------------------------------------------------------------ inside the network
+def participation_ratio(activations: np.ndarray) -> float:
+    """(tr C)^2 / tr(C^2) of the covariance C of `activations` [states, units] (0 if constant)."""
+    x = np.asarray(activations, np.float64)
+    x = x - x.mean(0)
+    # The non-zero eigenvalues of C are those of the smaller Gram matrix.
+    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
+    total = np.trace(gram)
+    if total <= 1e-300:
+        return 0.0
+    return float(total ** 2 / (gram * gram).sum())
+
+
+def actor_activations(config: TrainConfig, num_actions: int):
+    """jit(params, obs [N, D]) -> (per hidden layer of the actor, its activations [N, width],
+    action probabilities [N, A]). Feedforward networks only (the diversity study's)."""
+    from devrl.networks import ACTIVATIONS, initial_hidden
+    from devrl.ppo import make_network
+
+    if config.memory:
+        raise ConfigError(f"memory={config.memory} is not allowed here: the network measure "
+                          "reads a feedforward actor (memory 0)")
+    network = make_network(config, num_actions)
+    act = ACTIVATIONS[config.activation]
+    names = [f"actor_{i}" for i in range(config.depth)]
+
+    @jax.jit
+    def run(params, obs):
+        hidden = initial_hidden(obs.shape[0], 0)
+        first = jnp.ones((1, obs.shape[0]), bool)
+        (_, logits, _), state = network.apply(
+            params, hidden, obs[None], first, capture_intermediates=lambda m, _: m.name in names)
+        inter = state["intermediates"]
+        layers = [act(inter[name]["__call__"][0][0]) for name in names]
+        return layers, jax.nn.softmax(logits[0])
+
+    return run
+
+
+def circuit_network(usage: Sequence[float], width: int = 32, depth: int = 2,
+                    num_actions: int = 4, gain: float = 0.05, states: int = 4000,
+                    seed: int = 0) -> tuple[TrainConfig, Any, np.ndarray]:
+    """A constructed ActorCritic with K = len(usage) disjoint circuits, and probe states using
+    circuit k with frequency usage[k].
+
+    A state of type k carries a standard-normal feature z in input channel k (the other channels
+    are 0). The first hidden layer gives circuit k its own unit (unit k) reading channel k with
+    weight `gain`; each deeper layer applies a random rotation (the activations stay small, so the
+    tanh is near linear), so there a circuit is a direction spread over every unit. On type-k
+    states only circuit k's direction varies, along z, so the activation covariance is
+    sum_k usage_k var_k u_k u_k^T with orthonormal u_k: K equal directions for equal usage.
+    Returns (config, params, obs [states, K])."""
+    from devrl.config import make_config
+    from devrl.ppo import make_network
+
+    usage = np.asarray(usage, float)
+    k = len(usage)
+    if k < 1 or k > width or (usage <= 0).any():
+        raise ConfigError(f"usage={usage.tolist()!r} is not allowed: need 1..width positive "
+                          "frequencies (one per circuit)")
+    config = make_config("smoke", width=width, depth=depth, activation="tanh")
+    network = make_network(config, num_actions)
+    params = network.init(jax.random.PRNGKey(seed), jnp.zeros((1, 0)), jnp.zeros((1, 1, k)),
+                          jnp.ones((1, 1), bool))
+    params = jax.tree.map(np.asarray, params)
+    inner = params["params"]
+    rng = np.random.default_rng(seed)
+    for i in range(depth):
+        kernel = np.zeros_like(inner[f"actor_{i}"]["kernel"])
+        if i == 0:
+            kernel[np.arange(k), np.arange(k)] = gain
+        else:  # a random rotation: circuits are directions, not single units
+            kernel[:] = np.linalg.qr(rng.standard_normal((width, width)))[0]
+        inner[f"actor_{i}"]["kernel"] = kernel
+        inner[f"actor_{i}"]["bias"] = np.zeros_like(inner[f"actor_{i}"]["bias"])
+    kinds = rng.choice(k, size=states, p=usage / usage.sum())
+    obs = np.zeros((states, k), np.float32)
+    obs[np.arange(states), kinds] = rng.standard_normal(states)
+    return config, params, obs
+
+
+# ------------------------------------------------------------------ events
+def discoveries(episodes: pd.DataFrame, threshold: float = DISCOVERY_THRESHOLD,
+                by: Sequence[str] = ("seed",)) -> pd.DataFrame:
+    """Per run (`by`) and achievement: the first checkpoint whose evaluation success rate reaches
+    `threshold`. Rows: *by, achievement, `update` (NaN if never), `known_at_start`."""
+    columns = [c for c in episodes.columns if c.startswith("achievement_")]
+    rates = episodes.groupby([*by, "update"])[columns].mean().reset_index()
+    rows = []
+    for key, group in rates.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        group = group.sort_values("update")
+        for column in columns:
+            reached = group.loc[group[column] >= threshold, "update"]
+            first = float(reached.iloc[0]) if len(reached) else np.nan
+            rows.append({**dict(zip(by, key)), "achievement": column[len("achievement_"):],
+                         "update": first,
+                         "known_at_start": bool(len(reached)) and first == group["update"].min()})
+    return pd.DataFrame(rows)
+
+
+def _event_deltas(values: np.ndarray, index: int, window: int) -> np.ndarray:
+    """values[index + j] - values[index - 1] for j = 0 .. window-1 (NaN past the end)."""
+    out = np.full(window, np.nan)
+    base = values[index - 1]
+    for j in range(window):
+        if index + j < len(values):
+            out[j] = values[index + j] - base
+    return out
+
+
+def event_triggered(measure: pd.DataFrame, column: str, events: pd.DataFrame,
+                    by: Sequence[str] = ("seed",), window: int = EVENT_WINDOW,
+                    draws: int = NULL_DRAWS, seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
+    """Mean change of `measure[column]` from the checkpoint before each event to the `window`
+    checkpoints from it on, against a null of as many events at random checkpoints per run.
+
+    `measure` has one row per (*by, update); `events` rows (*by, update) name the checkpoint of
+    each discovery (not known at start, not NaN). Returns one row per offset: `offset` (0 = the
+    discovery checkpoint), `events`, `mean`, `null_mean`, `null_sd`, `effect` ((mean - null_mean)
+    / null_sd) and `p` (the null's share at least as large as the mean, one-sided)."""
+    series = {}
+    for key, group in measure.groupby(list(by), sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        group = group.sort_values("update")
+        series[key] = (group["update"].to_numpy(), group[column].to_numpy(float))
+    observed, per_run = [], {}
+    for _, event in events.iterrows():
+        key = tuple(event[b] for b in by)
+        if key not in series or not np.isfinite(event["update"]):
+            continue
+        updates, values = series[key]
+        where = np.flatnonzero(updates == event["update"])
+        if not len(where) or where[0] == 0:
+            continue
+        observed.append(_event_deltas(values, int(where[0]), window))
+        per_run[key] = per_run.get(key, 0) + 1
+    if not observed:
+        raise ConfigError("events has no discovery at a measured checkpoint after the first: "
+                          "nothing to average")
+    observed = np.array(observed)
+    rng = np.random.default_rng(seed)
+    null = np.empty((draws, window))
+    for d in range(draws):
+        sample = []
+        for key, n in per_run.items():
+            updates, values = series[key]
+            for index in rng.integers(1, len(values), size=n):
+                sample.append(_event_deltas(values, int(index), window))
+        sample = np.array(sample)
+        seen = np.isfinite(sample).sum(0)
+        null[d] = np.where(seen > 0, np.nansum(sample, axis=0) / np.maximum(seen, 1), np.nan)
+    mean = np.nanmean(observed, axis=0)
+    null_mean, null_sd = np.nanmean(null, axis=0), np.nanstd(null, axis=0)
+    return pd.DataFrame({
+        "offset": np.arange(window), "events": np.isfinite(observed).sum(0), "mean": mean,
+        "null_mean": null_mean, "null_sd": null_sd,
+        "effect": (mean - null_mean) / np.where(null_sd > 0, null_sd, np.nan),
+        "p": (null >= mean[None]).sum(0) / np.isfinite(null).sum(0)})

@@ -1,0 +1,116 @@
+"""Diversity measures on constructed populations, policies and networks whose diversity is known."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from devrl import diversity as dv
+from devrl.config import ConfigError
+
+
+def test_hill_numbers_of_known_distributions():
+    for n in (1, 3, 17):
+        assert all(v == pytest.approx(n) for v in dv.hill_numbers(np.ones(n)).values())
+    h = dv.hill_numbers([2, 1, 1])  # p = 1/2, 1/4, 1/4
+    entropy = -(0.5 * np.log(0.5) + 2 * 0.25 * np.log(0.25))
+    assert h[0] == 3 and h[1] == pytest.approx(np.exp(entropy)) and h[2] == pytest.approx(1 / 0.375)
+    # Zero abundances do not count; D0 >= D1 >= D2 for an uneven distribution.
+    h = dv.hill_numbers([5, 0, 1, 1, 0])
+    assert h[0] == 3 and h[0] > h[1] > h[2]
+    with pytest.raises(ConfigError, match="counts="):
+        dv.hill_numbers([0, 0])
+
+
+def test_strategy_diversity_and_its_bootstrap():
+    rng = np.random.default_rng(0)
+    p = np.array([0.4, 0.3, 0.2, 0.1])
+    truth = dv.hill_numbers(p)
+    sample = rng.choice(4, size=4000, p=p).astype(str)
+    out = dv.strategy_diversity(sample)
+    for q in (0, 1, 2):
+        assert out[f"d{q}"] == pytest.approx(truth[q], rel=0.03)
+        assert out[f"d{q}_low"] <= truth[q] + 1e-9 and truth[q] <= out[f"d{q}_high"] + 1e-9
+    assert out["coverage"] == 1.0
+    # Every episode different: richness = episodes, coverage 0.
+    unique = dv.strategy_diversity(np.arange(10).astype(str))
+    assert unique["d0"] == 10 and unique["coverage"] == 0.0
+    # Strategies are sets of unlocked achievements.
+    labels = dv.strategy_labels(np.array([[1, 0, 1], [1, 0, 1], [0, 1, 0]]))
+    assert list(labels) == ["101", "101", "010"]
+
+
+def test_strategy_table_groups_by_checkpoint():
+    episodes = pd.DataFrame({"seed": 0, "update": [0] * 4 + [5] * 4, "env_steps": 0,
+                             "achievement_a": [1, 1, 1, 1, 1, 0, 1, 0],
+                             "achievement_b": [0, 0, 0, 0, 0, 1, 1, 0]})
+    table = dv.strategy_table(episodes)
+    assert list(table["d0"]) == [1, 4] and list(table["episodes"]) == [4, 4]
+
+
+def test_jensen_shannon_known_values():
+    p = np.array([[0.5, 0.5], [1.0, 0.0]])
+    assert dv.jensen_shannon(p, p) == pytest.approx([0, 0], abs=1e-12)
+    assert dv.jensen_shannon(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+    # Bernoulli(1) against Bernoulli(1/2): 1/2 KL(1 || 3/4) + 1/2 KL(1/2 || 3/4... ) in closed form.
+    a, b = np.array([1.0, 0.0]), np.array([0.5, 0.5])
+    m = (a + b) / 2
+    closed = 0.5 * np.log2(1 / m[0]) + 0.5 * (0.5 * np.log2(0.5 / m[0]) + 0.5 * np.log2(0.5 / m[1]))
+    assert dv.jensen_shannon(a, b) == pytest.approx(closed)
+    # Three agents, two identical and one disjoint: mean pairwise JSD = (0 + 1 + 1) / 3.
+    one, other = np.tile([1.0, 0.0], (5, 1)), np.tile([0.0, 1.0], (5, 1))
+    assert dv.mean_pairwise_jsd([one, one, other]) == pytest.approx(2 / 3)
+    with pytest.raises(ConfigError, match="at least 2"):
+        dv.mean_pairwise_jsd([one])
+
+
+@pytest.mark.parametrize("usage", [[1], [1, 1], [1, 1, 1, 1], [1] * 8, [0.5, 0.25, 0.25]])
+def test_participation_ratio_counts_the_circuits_of_a_constructed_network(usage):
+    config, params, obs = dv.circuit_network(usage)
+    layers, probs = dv.actor_activations(config, 4)(params, obs)
+    p = np.asarray(usage) / np.sum(usage)
+    expected = 1 / np.sum(p ** 2)  # K for equal usage
+    for layer in layers:
+        assert dv.participation_ratio(np.asarray(layer)) == pytest.approx(expected, rel=0.05)
+    assert np.allclose(np.asarray(probs).sum(-1), 1, atol=1e-5)
+
+
+def test_participation_ratio_of_simple_clouds():
+    rng = np.random.default_rng(1)
+    assert dv.participation_ratio(np.ones((50, 3))) == 0.0
+    line = rng.standard_normal((500, 1)) * np.array([[1.0, 2.0, -1.0]])
+    assert dv.participation_ratio(line) == pytest.approx(1.0)
+    iso = rng.standard_normal((20000, 5))
+    assert dv.participation_ratio(iso) == pytest.approx(5.0, rel=0.02)
+
+
+def events_case():
+    """Two runs whose measure rises by 1 for three checkpoints from each discovery, flat
+    otherwise (30 checkpoints each)."""
+    rows, episodes = [], []
+    for seed, found in ((0, 10), (1, 20)):
+        for update in range(30):
+            rows.append({"seed": seed, "update": update,
+                         "d1": 1.0 + (found <= update < found + 3)})
+            hit = update >= found
+            for e in range(10):
+                episodes.append({"seed": seed, "update": update, "achievement_new": hit and e < 5,
+                                 "achievement_old": True})
+    return pd.DataFrame(rows), pd.DataFrame(episodes)
+
+
+def test_discoveries_and_event_triggered_average():
+    measure, episodes = events_case()
+    found = dv.discoveries(episodes)
+    new = found[found["achievement"] == "new"].set_index("seed")["update"]
+    assert new.to_dict() == {0: 10.0, 1: 20.0}
+    old = found[found["achievement"] == "old"]
+    assert old["known_at_start"].all()
+    events = found[~found["known_at_start"] & found["update"].notna()]
+    table = dv.event_triggered(measure, "d1", events, window=3, draws=300)
+    assert table["mean"].tolist() == [1.0, 1.0, 1.0]
+    assert (table["null_mean"] < 0.3).all() and (table["effect"] > 2).all()
+    assert (table["p"] < 0.05).all()
+    # A measure that ignores the discoveries shows no effect.
+    flat = measure.assign(d1=1.0)
+    table = dv.event_triggered(flat, "d1", events, window=3, draws=300)
+    assert np.allclose(table["mean"], 0) and (table["p"] == 1.0).all()
