@@ -71,3 +71,25 @@ def test_bad_rates_are_clear_errors():
         ev.simulate(land, beta=-1, mu=0.0)
     with pytest.raises(ConfigError, match="mu=nan"):
         ev.simulate(land, beta=0.1, mu=float("nan"))
+
+
+def synthetic_curves(beta=0.08, mu=0.003, sigma=1.5, spread=0.3):
+    updates = np.unique(np.round(np.geomspace(1, 300, 30)).astype(int))
+    curves = {}
+    for name, plant in (("default", 1.0), ("plant_x4", 4.0)):
+        base = ev.Curve(updates, np.zeros(len(updates)), np.array([1.0, 1.0, plant]),
+                        np.array([0.0, 40.0, 90.0]))
+        d1 = 2.0 + 0.5 * ev.model_curve(base, beta, mu, sigma, spread)[updates]
+        curves[name] = ev.Curve(updates, d1, base.rewards, base.discoveries)
+    return curves
+
+
+def test_the_fit_recovers_the_parameters_of_model_made_curves():
+    curves = synthetic_curves()
+    params, table = ev.fit_curves(curves, with_burst=True)
+    assert params["r_squared"] > 0.999
+    assert params["beta"] == pytest.approx(0.08, rel=0.1)
+    assert params["spread"] == pytest.approx(0.3, rel=0.15)
+    assert set(table["curve"]) == {"default", "plant_x4"}
+    without, _ = ev.fit_curves(curves, with_burst=False)
+    assert without["sigma"] == 0.0 and without["rmse"] > params["rmse"]

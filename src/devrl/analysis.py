@@ -535,3 +535,45 @@ def memory_data(scale: str = "cpu", seeds: list[int] | None = None,
     picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
               for name, frame in tables.items()}
     return MemoryData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
+
+
+@dataclass(frozen=True)
+class DiversityData:
+    """The reward-structure and diversity study's tables (`data/diversity-<scale>/`)."""
+
+    scale: str
+    path: Path
+    manifest: dict[str, Any]
+    tables: dict[str, pd.DataFrame]
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        tables = object.__getattribute__(self, "tables")
+        if name in tables:
+            return tables[name]
+        raise AttributeError(name)
+
+    def describe(self) -> str:
+        runs = self.manifest["runs"]
+        variants = sorted({r["variant"] for r in runs})
+        seeds = sorted({r["seed"] for r in runs})
+        steps = sorted({r["env_steps_done"] for r in runs})
+        return (f"{len(variants)} reward structures ({', '.join(variants)}) × {len(seeds)} seeds "
+                f"at the {self.scale} scale, {'/'.join(f'{s:,}' for s in steps)} env steps each")
+
+
+def diversity_data(scale: str = "cpu", recompute: bool = False) -> DiversityData:
+    """The diversity study's data set; with `recompute`, train its sweep
+    (`src/devrl/sweeps/reward-<scale>.yaml`) into `DEVRL_RUNS/reward-<scale>/` (finished runs are
+    skipped, interrupted ones resume), evaluate and measure every run (cached in the run), measure
+    the control (`data/craftax-<scale>`, recomputed first if absent) and replace the data set."""
+    def build():
+        from devrl import diversity
+
+        craftax = data_root() / f"craftax-{scale}"
+        control = craftax_data(scale, recompute=not (craftax / "manifest.json").exists())
+        return diversity.study_tables(scale, runs_root() / f"reward-{scale}", control,
+                                      progress=lambda message: print(message, flush=True))
+
+    tables, manifest = table_set("diversity", scale, recompute, build)
+    return DiversityData(scale=scale, path=data_root() / f"diversity-{scale}", manifest=manifest,
+                         tables=tables)

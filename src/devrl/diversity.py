@@ -169,8 +169,14 @@ def actor_activations(config: TrainConfig, num_actions: int):
     def run(params, obs):
         hidden = initial_hidden(obs.shape[0], 0)
         first = jnp.ones((1, obs.shape[0]), bool)
+        # Exported checkpoints hold the actor only: the critic's branch gets zeros (unused).
+        shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), hidden, obs[None], first)
+        full = {name: params["params"].get(name) or jax.tree.map(
+            lambda x: jnp.zeros(x.shape, x.dtype), leaf)
+            for name, leaf in shapes["params"].items()}
         (_, logits, _), state = network.apply(
-            params, hidden, obs[None], first, capture_intermediates=lambda m, _: m.name in names)
+            {"params": full}, hidden, obs[None], first,
+            capture_intermediates=lambda m, _: m.name in names)
         inter = state["intermediates"]
         layers = [act(inter[name]["__call__"][0][0]) for name in names]
         return layers, jax.nn.softmax(logits[0])
@@ -298,3 +304,324 @@ def event_triggered(measure: pd.DataFrame, column: str, events: pd.DataFrame,
         "null_mean": null_mean, "null_sd": null_sd,
         "effect": (mean - null_mean) / np.where(null_sd > 0, null_sd, np.nan),
         "p": (null >= mean[None]).sum(0) / np.isfinite(null).sum(0)})
+
+
+# ------------------------------------------------------------------ the study
+# The study's reward structures: the control (default) comes from data/craftax-<scale>, the
+# others from the sweep src/devrl/sweeps/reward-<scale>.yaml.
+CONTROL = "default"
+PLANT_REWARD = {"default": 1.0, "no_plant": 0.0, "every_plant": 1.0, "plant_x4": 4.0}
+CHECKPOINT_COLUMNS = ("episode_return", "default_return", "episode_length", "plants_placed",
+                      "place_attempts", "place_attempt_share", "saplings_collected",
+                      "plants_eaten")
+TRAINING_COLUMNS = ("episode_return", "default_return", "plants_placed", "place_attempts",
+                    "episode_length")
+UPDATES_PER_BIN = {"smoke": 1, "cpu": 4, "paper": 32}
+EVENT_MEASURES = ("d1", "d2", "pr_last")
+
+
+def study_spec(scale: str):
+    """The reward sweep at `scale`: `src/devrl/sweeps/reward-<scale>.yaml`."""
+    from pathlib import Path
+
+    from devrl.config import SCALES
+    from devrl.sweep import load_spec
+
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
+    return load_spec(Path(__file__).resolve().parent / "sweeps" / f"reward-{scale}.yaml")
+
+
+def common_probe(control_path) -> dict[str, np.ndarray]:
+    """The probe states of every control seed (data/craftax-<scale>/probes/seed_N.npz), pooled:
+    one set of states on which every agent of the study is compared."""
+    from pathlib import Path
+
+    paths = sorted(Path(control_path, "probes").glob("seed_*.npz"))
+    if not paths:
+        raise ConfigError(f"{control_path} has no probes/seed_N.npz: not a Craftax data set")
+    obs, context = [], []
+    for path in paths:
+        with np.load(path) as data:
+            obs.append(data["obs"][:, -1])  # feedforward: the state itself
+            context.append(data["context"])
+    return {"obs": np.concatenate(obs).astype(np.float32),
+            "context": np.concatenate(context).astype(np.int32)}
+
+
+def network_measures(config: TrainConfig, checkpoints, probe: dict[str, np.ndarray],
+                     cache=None) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
+    """Per checkpoint (update, params): participation ratio of each actor layer on the common
+    probe states, and the action probabilities there ([states, actions], float16). With `cache`
+    (a folder), each checkpoint's result is kept as `network_UUUUUU.npz` and reused."""
+    from devrl.envs import ACTION_NAMES
+    from devrl.runs import atomic_write_npz
+
+    run = actor_activations(config, len(ACTION_NAMES))
+    rows, policies = [], {}
+    for update, load in checkpoints:
+        path = None if cache is None else cache / f"network_{update:06d}.npz"
+        if path is not None and path.exists():
+            with np.load(path) as data:
+                pr, probs = data["pr"], data["probs"]
+        else:
+            params = jax.tree.map(lambda x: np.asarray(x, np.float16).astype(np.float32), load())
+            layers, probs = run(params, probe["obs"])
+            pr = np.array([participation_ratio(np.asarray(layer)) for layer in layers])
+            probs = np.asarray(probs, np.float16)
+            if path is not None:
+                atomic_write_npz(path, {"pr": pr, "probs": probs})
+        row = {"update": update, "env_steps": update * config.steps_per_update}
+        row.update({f"pr_{i}": float(v) for i, v in enumerate(pr)})
+        row["pr_last"] = float(pr[-1])
+        rows.append(row)
+        policies[update] = probs
+    return pd.DataFrame(rows), policies
+
+
+def probe_policy_rows(probs: np.ndarray, context: np.ndarray) -> pd.DataFrame:
+    from devrl.behaviour import probe_table
+
+    return probe_table(np.asarray(probs, np.float32), context)
+
+
+def checkpoint_table(episodes: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, seed, checkpoint): means of the episode measures and achievement rates over
+    the evaluation episodes, with the strategy diversity of those episodes."""
+    from devrl.analysis import with_rates
+
+    episodes = with_rates(episodes)
+    achievements = [c for c in episodes.columns if c.startswith("achievement_")]
+    keys = ["variant", "seed", "update", "env_steps"]
+    means = episodes.groupby(keys)[list(CHECKPOINT_COLUMNS) + achievements].mean().reset_index()
+    strategies = strategy_table(episodes, by=("variant", "seed", "update")).drop(
+        columns="env_steps", errors="ignore")
+    return means.merge(strategies, on=["variant", "seed", "update"])
+
+
+def jsd_table(policies: dict[tuple[str, int], dict[int, np.ndarray]]) -> pd.DataFrame:
+    """Mean pairwise JSD at every update two or more agents share: among the seeds of each
+    variant (`comparison` seeds), and between each variant's seeds and the control's
+    (`comparison` vs_default: the mean over cross pairs)."""
+    variants = sorted({v for v, _ in policies})
+    rows = []
+    for variant in variants:
+        seeds = sorted(s for v, s in policies if v == variant)
+        updates = sorted(set.intersection(*(set(policies[(variant, s)]) for s in seeds)))
+        for update in updates:
+            agents = [policies[(variant, s)][update].astype(np.float32) for s in seeds]
+            if len(agents) >= 2:
+                rows.append({"comparison": "seeds", "variant": variant, "update": update,
+                             "jsd": mean_pairwise_jsd(agents), "pairs": len(agents) * (
+                                 len(agents) - 1) // 2})
+            if variant == CONTROL:
+                continue
+            control = [(s, policies[(CONTROL, s)]) for v, s in policies if v == CONTROL]
+            cross = [jensen_shannon(a, c[update].astype(np.float32)).mean()
+                     for a in agents for _, c in control if update in c]
+            if cross:
+                rows.append({"comparison": "vs_default", "variant": variant, "update": update,
+                             "jsd": float(np.mean(cross)), "pairs": len(cross)})
+    return pd.DataFrame(rows)
+
+
+def event_tables(checkpoints: pd.DataFrame, network: pd.DataFrame, threshold: float,
+                 window: int, draws: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Discoveries per (variant, seed, achievement), and the event-triggered average of each
+    EVENT_MEASURES around them, per variant and over all variants ("all")."""
+    achievements = [c for c in checkpoints.columns if c.startswith("achievement_")]
+    found = []
+    for variant, group in checkpoints.groupby("variant"):
+        rates = group[["seed", "update", *achievements]]
+        table = discoveries(rates, threshold)
+        table.insert(0, "variant", variant)
+        found.append(table)
+    found = pd.concat(found, ignore_index=True)
+    events = found[~found["known_at_start"] & found["update"].notna()]
+    measures = checkpoints[["variant", "seed", "update", "d1", "d2"]].merge(
+        network[["variant", "seed", "update", "pr_last"]], on=["variant", "seed", "update"],
+        how="left")
+    rows = []
+    for variant in ["all", *sorted(measures["variant"].unique())]:
+        chosen = measures if variant == "all" else measures[measures["variant"] == variant]
+        chosen_events = events if variant == "all" else events[events["variant"] == variant]
+        for column in EVENT_MEASURES:
+            values = chosen.dropna(subset=[column])
+            if chosen_events.empty or values.empty:
+                continue
+            try:
+                table = event_triggered(values, column, chosen_events, by=("variant", "seed"),
+                                        window=window, draws=draws)
+            except ConfigError:  # no event at a measured checkpoint
+                continue
+            table.insert(0, "measure", column)
+            table.insert(0, "variant", variant)
+            rows.append(table)
+    columns = ["variant", "measure", "offset", "events", "mean", "null_mean", "null_sd",
+               "effect", "p"]
+    return found, (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns))
+
+
+STUDY_SETTINGS: dict[str, dict[str, Any]] = {
+    "smoke": {"window": 2, "draws": 100, "fit": False},
+    "cpu": {"window": EVENT_WINDOW, "draws": NULL_DRAWS, "fit": True},
+    "paper": {"window": EVENT_WINDOW, "draws": NULL_DRAWS, "fit": True},
+}
+# The model's stated predictions (book/diversity.md): one discovery of a plant-like source, with
+# each variant's plant reward; every_plant pays more to the variants that plant more, which the
+# two-source landscape reads as a wider fitness spread among the new source's variants.
+PREDICTION_RATES = {"beta": 0.1, "mu": 0.002, "sigma": 0.5}
+PREDICTION_SPREAD = {"default": 0.2, "no_plant": 0.2, "every_plant": 0.4, "plant_x4": 0.2}
+PREDICTION_STEPS, PREDICTION_DISCOVERY = 600, 100
+
+
+def prediction_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The model's curves and jump summaries for each reward structure (no data involved)."""
+    from devrl.toys import evolution as ev
+
+    curves, jumps = [], []
+    for variant, reward in PLANT_REWARD.items():
+        land = ev.two_source_landscape(new_reward=reward, spread=PREDICTION_SPREAD[variant],
+                                       discovery=PREDICTION_DISCOVERY)
+        d1 = ev.diversity(ev.simulate(land, steps=PREDICTION_STEPS, **PREDICTION_RATES))
+        curves.append(pd.DataFrame({"variant": variant, "t": np.arange(len(d1)), "d1": d1}))
+        jumps.append({"variant": variant, "plant_reward": reward,
+                      "spread": PREDICTION_SPREAD[variant],
+                      **ev.jump_summary(d1, PREDICTION_DISCOVERY)})
+    return pd.concat(curves, ignore_index=True), pd.DataFrame(jumps)
+
+
+def fit_inputs(checkpoints: pd.DataFrame, found: pd.DataFrame):
+    """Per variant, the model's Curve: the mean D1 over seeds at each checkpoint, source 0 for
+    what is known at the start, then every achievement discovered in at least half the variant's
+    seeds, found at its median discovery update, paying 1 (place_plant: the variant's reward)."""
+    from devrl.toys.evolution import Curve
+
+    curves = {}
+    for variant, group in checkpoints.groupby("variant"):
+        mean = group.groupby("update")["d1"].mean()
+        seeds = group["seed"].nunique()
+        events = found[(found["variant"] == variant) & ~found["known_at_start"]
+                       & found["update"].notna()]
+        rewards, times = [1.0], [0.0]
+        for achievement, rows in sorted(events.groupby("achievement"),
+                                        key=lambda item: item[1]["update"].median()):
+            if len(rows) * 2 >= seeds:
+                rewards.append(PLANT_REWARD[variant] if achievement == "place_plant" else 1.0)
+                times.append(float(rows["update"].median()))
+        curves[variant] = Curve(mean.index.to_numpy(), mean.to_numpy(float), np.array(rewards),
+                                np.array(times))
+    return curves
+
+
+def fit_tables(checkpoints: pd.DataFrame, found: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The model fitted to every variant's mean D1 curve at once, with and without the burst."""
+    from devrl.toys.evolution import fit_curves
+
+    curves = fit_inputs(checkpoints, found)
+    params, tables = [], []
+    for with_burst in (True, False):
+        fitted, table = fit_curves(curves, with_burst=with_burst)
+        params.append(fitted)
+        tables.append(table.assign(with_burst=with_burst))
+    return pd.DataFrame(params), pd.concat(tables, ignore_index=True).rename(
+        columns={"curve": "variant"})
+
+
+def control_checkpoints(control) -> dict[int, list[tuple[int, Any]]]:
+    """Per control seed, its exported actor checkpoints as (update, loader)."""
+    from devrl.runs import load_params
+
+    out = {}
+    for seed in control.seeds:
+        paths = sorted((control.path / "checkpoints" / f"seed_{seed}").glob("params_*.npz"))
+        out[seed] = [(int(p.stem.split("_")[1]), lambda p=p: load_params(p)) for p in paths]
+    return out
+
+
+def study_tables(scale: str, runs_dir, control, progress=print
+                 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Train the reward sweep into `runs_dir` (finished runs skipped, interrupted ones resumed),
+    evaluate and measure every run (cached in each run), measure the control data set `control`
+    (analysis.CraftaxData of the same scale), and return the tables and the manifest's extras."""
+    from devrl.analysis import EVAL_SETTINGS, bin_updates
+    from devrl.behaviour import evaluate_run, load_config
+    from devrl.config import config_from_dict
+    from devrl.runs import list_checkpoints, load_params, read_manifest, sha256_file
+    from devrl.sweep import run_dir_for, run_sweep
+
+    settings = STUDY_SETTINGS[scale]
+    spec = study_spec(scale)
+    if run_sweep(spec, runs_dir, show_progress=False) != 0:
+        raise RuntimeError(f"training did not complete; see devrl sweep status {runs_dir}")
+    probe = common_probe(control.path)
+    control_config = config_from_dict(control.manifest["runs"][0]["config"])
+
+    episodes = [control.episodes.assign(
+        variant=CONTROL, default_return=control.episodes.get(
+            "default_return", control.episodes["episode_return"]))]
+    training = [bin_updates(control.metrics.assign(default_return=control.metrics.get(
+        "default_return", control.metrics["episode_return"])), list(TRAINING_COLUMNS),
+        UPDATES_PER_BIN[scale]).assign(variant=CONTROL)]
+    network, policies, probe_rows, runs = [], {}, [], []
+    for seed, checkpoints in control_checkpoints(control).items():
+        progress(f"diversity: control seed {seed}")
+        table, probs = network_measures(control_config, checkpoints, probe)
+        network.append(table.assign(variant=CONTROL, seed=seed))
+        policies[(CONTROL, seed)] = probs
+    for _, config in spec.configs():
+        run_dir = run_dir_for(runs_dir, config)
+        progress(f"diversity: {config.reward} seed {config.seed} ({run_dir.parent.name})")
+        evaluate_run(run_dir, **EVAL_SETTINGS[scale], show_progress=False)
+        run_episodes = pd.read_parquet(run_dir / "behaviour" / "episodes.parquet")
+        episodes.append(run_episodes.assign(variant=config.reward))
+        checkpoints = [(u, lambda p=p: load_params(p)) for u, p in list_checkpoints(run_dir)]
+        cache = run_dir / "diversity"
+        cache.mkdir(exist_ok=True)
+        table, probs = network_measures(config, checkpoints, probe, cache)
+        network.append(table.assign(variant=config.reward, seed=config.seed))
+        policies[(config.reward, config.seed)] = probs
+        metrics = pd.read_parquet(run_dir / "metrics.parquet").assign(seed=config.seed)
+        training.append(bin_updates(metrics, list(TRAINING_COLUMNS), UPDATES_PER_BIN[scale])
+                        .assign(variant=config.reward))
+        manifest = read_manifest(run_dir)
+        runs.append({"variant": config.reward, "seed": config.seed,
+                     "config": load_config(run_dir).to_dict(),
+                     "config_hash": config.config_hash(), "complete": manifest["complete"],
+                     "env_steps_done": manifest["updates_done"] * config.steps_per_update})
+    for (variant, seed), probs in policies.items():
+        for update, p in probs.items():
+            rows = probe_policy_rows(p, probe["context"])
+            rows.insert(0, "update", update)
+            rows.insert(0, "seed", seed)
+            rows.insert(0, "variant", variant)
+            probe_rows.append(rows)
+    episodes = pd.concat(episodes, ignore_index=True)
+    checkpoints = checkpoint_table(episodes)
+    network = pd.concat(network, ignore_index=True)
+    found, events = event_tables(checkpoints, network, DISCOVERY_THRESHOLD, settings["window"],
+                                 settings["draws"])
+    curves, jumps = prediction_tables()
+    tables = {"checkpoints": checkpoints, "network": network,
+              "probe_policy": pd.concat(probe_rows, ignore_index=True),
+              "jsd": jsd_table(policies), "training": pd.concat(training, ignore_index=True),
+              "discoveries": found, "events": events, "model_predictions": curves,
+              "model_jumps": jumps}
+    if settings["fit"]:
+        tables["model_fit"], tables["model_fit_curves"] = fit_tables(checkpoints, found)
+    control_runs = [{**r, "variant": CONTROL} for r in control.manifest["runs"]
+                    if r["seed"] in control.seeds]
+    return tables, {
+        "what": "reward structures (devrl.envs.REWARD_SPECS) and behavioural diversity "
+                "(devrl.diversity): strategy Hill numbers, pairwise JSD, participation ratio, "
+                "discoveries and event-triggered averages, and the replicator-mutator model",
+        "made_by": f"devrl figure reward-variants -p scale {scale} -p recompute True",
+        "sweep": spec.to_dict(), "settings": {**settings, "threshold": DISCOVERY_THRESHOLD,
+                                              "bootstrap": BOOTSTRAP,
+                                              "eval": EVAL_SETTINGS[scale]},
+        "control": {"data_set": control.path.name,
+                    "manifest_sha256": sha256_file(control.path / "manifest.json"),
+                    "network_checkpoints": sorted({u for c in control_checkpoints(control).values()
+                                                   for u, _ in c})},
+        "runs": control_runs + runs}
+

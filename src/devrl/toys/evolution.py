@@ -178,3 +178,104 @@ def jump_sweep(new_rewards=(0.0, 0.5, 1.0, 2.0, 4.0), betas=(0.05, 0.1, 0.2),
                     rows.append({"new_reward": r, "beta": beta, "mu": mu, "sigma": sigma,
                                  **jump_summary(d1, discovery)})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ fitting measured curves
+FIT_VARIANTS = 4  # behaviours per group in the cascade landscape of a fit
+FIT_COST = 0.2  # what each group pays for also collecting the newest source
+FIT_DT = 0.25
+
+
+def cascade_landscape(rewards: np.ndarray, discoveries: np.ndarray, spread: float,
+                      variants: int = FIT_VARIANTS, cost: float = FIT_COST) -> Landscape:
+    """Sources 0..K-1 found at `discoveries` (source 0 usually at 0: what is known from the
+    start). Group g (g = 0..K-1) has `variants` behaviours that collect sources 0..g, each of its
+    sources but the first at (1 - cost) and with efficiencies spread from 1 to 1 - spread; one
+    more behaviour collects nothing. Finding source g lifts group g over group g - 1."""
+    rewards = np.asarray(rewards, float)
+    k = len(rewards)
+    efficiency = 1 - spread * np.arange(variants) / max(variants - 1, 1)
+    payoff = np.zeros((1 + k * variants, k))
+    for g in range(k):
+        rows = slice(1 + g * variants, 1 + (g + 1) * variants)
+        payoff[rows, 0] = efficiency if g == 0 else 1.0
+        for s in range(1, g + 1):
+            payoff[rows, s] = (1 - cost) * (efficiency if s == g else 1.0)
+    return Landscape(payoff, rewards, np.asarray(discoveries, float))
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A measured diversity curve and what the fit knows about its run(s)."""
+
+    updates: np.ndarray  # checkpoints (PPO updates)
+    d1: np.ndarray  # measured diversity there
+    rewards: np.ndarray  # per source: its reward (source 0: what is known from the start)
+    discoveries: np.ndarray  # per source: the update it was found (source 0: 0)
+
+
+def model_curve(curve: Curve, beta: float, mu: float, sigma: float, spread: float,
+                steps: int | None = None) -> np.ndarray:
+    """The model's D1 at every update 0..steps (default: the curve's last update)."""
+    steps = int(curve.updates.max()) if steps is None else steps
+    land = cascade_landscape(curve.rewards, curve.discoveries, spread)
+    return diversity(simulate(land, beta, mu, sigma, steps=steps, dt=FIT_DT))
+
+
+def _readout(model: np.ndarray, observed: np.ndarray) -> tuple[float, float]:
+    """The least-squares affine map observed ~ a + b * model (b >= 0)."""
+    design = np.stack([np.ones_like(model), model], 1)
+    (a, b), *_ = np.linalg.lstsq(design, observed, rcond=None)
+    if b < 0:
+        return float(observed.mean()), 0.0
+    return float(a), float(b)
+
+
+def fit_curves(curves: dict[str, Curve], with_burst: bool = True, start=(0.05, 0.002, 0.5, 0.2)
+               ) -> tuple[dict[str, float], pd.DataFrame]:
+    """Fit beta, mu, sigma (0 without the burst) and spread, shared by every curve, with an
+    affine read-out per curve (the model's D1 counts abstract behaviours, the measurement
+    strategies). Returns the parameters with `rmse`, `r_squared` and `aic` over all points, and
+    the table of (curve, update, observed, model)."""
+    from scipy.optimize import least_squares
+
+    names = ["beta", "mu", "sigma", "spread"] if with_burst else ["beta", "mu", "spread"]
+    x0 = [start[0], start[1], start[2], start[3]] if with_burst else [start[0], start[1],
+                                                                      start[3]]
+    lower = [1e-4, 1e-6, 0.0, 0.0][: len(names)] if with_burst else [1e-4, 1e-6, 0.0]
+    upper = [5.0, 0.5, 20.0, 1.0] if with_burst else [5.0, 0.5, 1.0]
+
+    def unpack(x):
+        values = dict(zip(names, x))
+        values.setdefault("sigma", 0.0)
+        return values
+
+    def predictions(x):
+        p = unpack(x)
+        out = {}
+        for name, curve in curves.items():
+            model = model_curve(curve, p["beta"], p["mu"], p["sigma"], p["spread"])
+            at = model[curve.updates.astype(int)]
+            a, b = _readout(at, curve.d1)
+            out[name] = a + b * at
+        return out
+
+    def residual(x):
+        pred = predictions(x)
+        return np.concatenate([pred[n] - curves[n].d1 for n in curves])
+
+    result = least_squares(residual, x0, bounds=(lower, upper), x_scale="jac", max_nfev=200)
+    params = unpack(result.x)
+    pred = predictions(result.x)
+    observed = np.concatenate([c.d1 for c in curves.values()])
+    res = residual(result.x)
+    n, k = len(observed), len(names) + 2 * len(curves)
+    sse = float((res ** 2).sum())
+    params.update({"rmse": float(np.sqrt(sse / n)),
+                   "r_squared": 1 - sse / float(((observed - observed.mean()) ** 2).sum()),
+                   "aic": n * np.log(max(sse, 1e-300) / n) + 2 * k, "points": n,
+                   "parameters": k, "with_burst": with_burst})
+    table = pd.concat([pd.DataFrame({"curve": name, "update": curve.updates,
+                                     "observed": curve.d1, "model": pred[name]})
+                       for name, curve in curves.items()], ignore_index=True)
+    return params, table
