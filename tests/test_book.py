@@ -28,8 +28,11 @@ LLC_NOTEBOOKS = ["llc-validation", "policy-llc", "llc-by-layer", "llc-by-context
 TOY_NOTEBOOKS = ["toy-plant-overshoot", "toy-plant-fit", "toy-lagoon", "toy-fork"]
 REGIME_NOTEBOOKS = ["llc-regime"]
 MEMORY_NOTEBOOKS = ["memory-return", "memory-horizon", "memory-ablation", "memory-probes"]
+DIVERSITY_NOTEBOOKS = ["reward-variants", "diversity-over-training", "diversity-events",
+                       "diversity-model"]
 # every notebook, published or not (the regime study reads the policy-LLC data, so it comes after)
-NOTEBOOKS = CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS + MEMORY_NOTEBOOKS
+NOTEBOOKS = (CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS
+             + MEMORY_NOTEBOOKS + DIVERSITY_NOTEBOOKS)
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
 # it once its cpu-scale data is committed; `only_build_toc_files` leaves the others out).
@@ -145,6 +148,14 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
         assert sorted(run["memory"] for run in manifest["runs"]) == [0, 4]
         assert set(manifest["tables"]) == {"training", "episodes", "horizon",
                                            "horizon_summary", "probes"}
+    if name in DIVERSITY_NOTEBOOKS:
+        diversity = Path(smoke_env["DEVRL_DATA"]) / "diversity-smoke"
+        assert verify_manifest(diversity) == []
+        div_manifest = json.loads((diversity / "manifest.json").read_text())
+        assert {run["variant"] for run in div_manifest["runs"]} == {
+            "default", "no_plant", "every_plant", "plant_x4"}
+        assert all(run["config"].get("reward", "default") == run["variant"]
+                   for run in div_manifest["runs"])
     if name in LLC_NOTEBOOKS:
         llc = Path(smoke_env["DEVRL_DATA"]) / "llc-smoke"
         assert verify_manifest(llc) == []

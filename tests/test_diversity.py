@@ -114,3 +114,58 @@ def test_discoveries_and_event_triggered_average():
     flat = measure.assign(d1=1.0)
     table = dv.event_triggered(flat, "d1", events, window=3, draws=300)
     assert np.allclose(table["mean"], 0) and (table["p"] == 1.0).all()
+
+
+def constructed_study(no_plant_peak=0.05):
+    """Checkpoint, JSD, network and event tables built so that every prediction holds (with
+    no_plant's peak PLACE_PLANT share below the control's 0.1 unless changed)."""
+    peaks = {"default": 0.10, "no_plant": no_plant_peak, "every_plant": 0.30, "plant_x4": 0.20}
+    plants = {"default": 1.3, "no_plant": 0.2, "every_plant": 5.0, "plant_x4": 1.5}
+    d1_end = {"default": 4.0, "no_plant": 4.5, "every_plant": 2.0, "plant_x4": 3.0}
+    peak_at = {"default": 2, "no_plant": 2, "every_plant": 3, "plant_x4": 1}
+    rows, net = [], []
+    for variant in dv.VARIANT_ORDER:
+        for seed in (0, 1):
+            for update in range(5):
+                share = peaks[variant] if update == peak_at[variant] else peaks[variant] / 2
+                if variant == "every_plant" and update == 4:
+                    share = peaks[variant]
+                d1 = [1.0, 5.0, 6.0, 5.0, d1_end[variant]][update]
+                rows.append({"variant": variant, "seed": seed, "update": update,
+                             "place_attempt_share": share, "plants_placed": plants[variant],
+                             "episode_return": 1.0, "default_return": 1.0, "d1": d1})
+                net.append({"variant": variant, "seed": seed, "update": update,
+                            "pr_last": d1 + 0.1 * seed})
+    jsd = pd.DataFrame({"comparison": "vs_default", "variant": ["no_plant", "every_plant",
+                                                                 "plant_x4"],
+                        "update": 4, "jsd": [0.01, 0.2, 0.1]})
+    events = pd.DataFrame([
+        {"variant": "default", "measure": "d1", "offset": 0, "mean": 1.0, "effect": 3.0,
+         "p": 0.001},
+        {"variant": "default", "measure": "d1", "offset": 1, "mean": 0.5, "effect": 1.0,
+         "p": 0.1},
+        {"variant": "all", "measure": "pr_last", "offset": 0, "mean": 0.1, "effect": 0.2,
+         "p": 0.4}])
+    fit = pd.DataFrame({"with_burst": [True, False], "aic": [10.0, 11.0]})
+    return pd.DataFrame(rows), jsd, events, pd.DataFrame(net), fit
+
+
+def test_prediction_verdicts_follow_their_rules():
+    checkpoints, jsd, events, network, fit = constructed_study()
+    assert dv.verdicts(checkpoints, jsd, events, network, fit) == {
+        f"p{i}": "held" for i in range(1, 8)}
+    table = dv.overshoot_table(checkpoints)
+    row = table[(table["variant"] == "plant_x4") & (table["seed"] == 0)].iloc[0]
+    assert (row["peak_share"], row["peak_update"], row["final_plants"]) == (0.2, 1, 1.5)
+    # Each rule can fail.
+    checkpoints, jsd, events, network, fit = constructed_study(no_plant_peak=0.5)
+    out = dv.verdicts(checkpoints, jsd, events, network, fit.assign(aic=[1.0, 11.0]))
+    assert out["p2"] == "did not hold" and out["p7"] == "did not hold" and out["p3"] == "held"
+    out = dv.verdicts(checkpoints, jsd.assign(jsd=[0.3, 0.2, 0.1]), events.assign(p=0.01),
+                      network, None)
+    assert out["p5"] == "did not hold" and out["p6"] == "did not hold"
+    assert out["p7"] == "untested"
+    # Without the variants, their predictions are untested, not failed.
+    control = checkpoints[checkpoints["variant"] == "default"]
+    out = dv.verdicts(control, jsd.iloc[:0], events, network, None)
+    assert out["p2"] == out["p3"] == out["p4"] == out["p5"] == "untested"

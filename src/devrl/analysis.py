@@ -561,19 +561,28 @@ class DiversityData:
                 f"at the {self.scale} scale, {'/'.join(f'{s:,}' for s in steps)} env steps each")
 
 
-def diversity_data(scale: str = "cpu", recompute: bool = False) -> DiversityData:
-    """The diversity study's data set; with `recompute`, train its sweep
-    (`src/devrl/sweeps/reward-<scale>.yaml`) into `DEVRL_RUNS/reward-<scale>/` (finished runs are
-    skipped, interrupted ones resume), evaluate and measure every run (cached in the run), measure
-    the control (`data/craftax-<scale>`, recomputed first if absent) and replace the data set."""
+def diversity_data(scale: str = "cpu", seeds: list[int] | None = None,
+                   recompute: bool = False) -> DiversityData:
+    """The diversity study's data set (`seeds`, or every seed it holds); with `recompute`, train
+    its sweep (`src/devrl/sweeps/reward-<scale>.yaml`, `seeds` or the sweep's own) into
+    `DEVRL_RUNS/reward-<scale>/` (finished runs are skipped, interrupted ones resume), evaluate
+    and measure every run (cached in the run), measure the control (`data/craftax-<scale>`,
+    recomputed first if absent) and replace the data set."""
+    seeds = check_seeds(seeds)
+
     def build():
         from devrl import diversity
 
         craftax = data_root() / f"craftax-{scale}"
-        control = craftax_data(scale, recompute=not (craftax / "manifest.json").exists())
-        return diversity.study_tables(scale, runs_root() / f"reward-{scale}", control,
+        if recompute and not (craftax / "manifest.json").exists():
+            craftax_data(scale, seeds, recompute=True)
+        control = craftax_data(scale, seeds)
+        return diversity.study_tables(scale, runs_root() / f"reward-{scale}", control, seeds,
                                       progress=lambda message: print(message, flush=True))
 
     tables, manifest = table_set("diversity", scale, recompute, build)
-    return DiversityData(scale=scale, path=data_root() / f"diversity-{scale}", manifest=manifest,
-                         tables=tables)
+    folder = data_root() / f"diversity-{scale}"
+    chosen = choose_seeds(manifest, seeds, folder)
+    picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
+              if "seed" in frame.columns else frame for name, frame in tables.items()}
+    return DiversityData(scale=scale, path=folder, manifest=manifest, tables=picked)

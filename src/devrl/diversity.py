@@ -539,7 +539,7 @@ def control_checkpoints(control) -> dict[int, list[tuple[int, Any]]]:
     return out
 
 
-def study_tables(scale: str, runs_dir, control, progress=print
+def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, progress=print
                  ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """Train the reward sweep into `runs_dir` (finished runs skipped, interrupted ones resumed),
     evaluate and measure every run (cached in each run), measure the control data set `control`
@@ -550,8 +550,12 @@ def study_tables(scale: str, runs_dir, control, progress=print
     from devrl.runs import list_checkpoints, load_params, read_manifest, sha256_file
     from devrl.sweep import run_dir_for, run_sweep
 
+    from devrl.sweep import SweepSpec
+
     settings = STUDY_SETTINGS[scale]
     spec = study_spec(scale)
+    if seeds is not None:
+        spec = SweepSpec(spec.scale, spec.grid, tuple(seeds))
     if run_sweep(spec, runs_dir, show_progress=False) != 0:
         raise RuntimeError(f"training did not complete; see devrl sweep status {runs_dir}")
     probe = common_probe(control.path)
@@ -625,3 +629,107 @@ def study_tables(scale: str, runs_dir, control, progress=print
                                                    for u, _ in c})},
         "runs": control_runs + runs}
 
+
+
+# ------------------------------------------------------------------ summaries for the chapters
+VARIANT_ORDER = ("default", "no_plant", "every_plant", "plant_x4")
+
+
+def mean_sd(frame: pd.DataFrame, column: str, by: str = "variant") -> pd.DataFrame:
+    """Mean, sd (ddof 1; 0 for one seed) and count of `column` over seeds, per `by`."""
+    out = frame.groupby(by)[column].agg(mean="mean", sd="std", seeds="count").reset_index()
+    out["sd"] = out["sd"].fillna(0.0)
+    return out
+
+
+def last_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each (variant, seed)'s row at its last checkpoint."""
+    index = frame.groupby(["variant", "seed"])["update"].idxmax()
+    return frame.loc[index].reset_index(drop=True)
+
+
+def overshoot_table(checkpoints: pd.DataFrame) -> pd.DataFrame:
+    """Per (variant, seed): the peak PLACE_PLANT share of actions over the evaluation
+    checkpoints and the update of the peak, and at the last checkpoint the plants placed per
+    episode, the share, the return (own reward and the game's) and the strategy D1."""
+    rows = []
+    for (variant, seed), group in checkpoints.groupby(["variant", "seed"]):
+        group = group.sort_values("update")
+        peak = group.loc[group["place_attempt_share"].idxmax()]
+        last = group.iloc[-1]
+        rows.append({"variant": variant, "seed": seed,
+                     "peak_share": float(peak["place_attempt_share"]),
+                     "peak_update": int(peak["update"]),
+                     "final_share": float(last["place_attempt_share"]),
+                     "final_plants": float(last["plants_placed"]),
+                     "final_return": float(last["episode_return"]),
+                     "final_default_return": float(last["default_return"]),
+                     "final_d1": float(last["d1"]), "final_update": int(last["update"])})
+    return pd.DataFrame(rows)
+
+
+def verdicts(checkpoints: pd.DataFrame, jsd: pd.DataFrame, events: pd.DataFrame,
+             network: pd.DataFrame, fit: pd.DataFrame | None) -> dict[str, str]:
+    """The stated predictions of book/diversity.md, each judged by a fixed rule on the data:
+    "held", "did not hold", or "untested" (the data to judge it is missing)."""
+    def word(ok) -> str:
+        return "untested" if ok is None else ("held" if ok else "did not hold")
+
+    summary = overshoot_table(checkpoints)
+    means = summary.groupby("variant").mean(numeric_only=True)
+    have = set(means.index)
+    out = {}
+
+    # 1. Control: D1 peaks after the start and ends below the peak; positive event effect at the
+    # discovery checkpoint, larger than at the last offset.
+    control = checkpoints[checkpoints["variant"] == CONTROL].groupby("update")["d1"].mean()
+    rise_fall = (len(control) > 2 and control.idxmax() > control.index.min()
+                 and control.iloc[-1] < control.max())
+    ev = events[(events["variant"] == CONTROL) & (events["measure"] == "d1")] \
+        if len(events) else events
+    if len(ev):
+        first, last = ev.sort_values("offset").iloc[0], ev.sort_values("offset").iloc[-1]
+        event_ok = bool(first["effect"] > 0 and first["p"] < 0.05
+                        and last["mean"] < first["mean"])
+    out["p1"] = word(None if not len(ev) else bool(rise_fall and event_ok))
+    # 2. no_plant: lower peak share and fewer final plants than the control.
+    out["p2"] = word(None if not {"no_plant", CONTROL} <= have else bool(
+        means.loc["no_plant", "peak_share"] < means.loc[CONTROL, "peak_share"]
+        and means.loc["no_plant", "final_plants"] < means.loc[CONTROL, "final_plants"]))
+    # 3. plant_x4: earlier and higher peak share, final D1 at most the control's.
+    out["p3"] = word(None if not {"plant_x4", CONTROL} <= have else bool(
+        means.loc["plant_x4", "peak_share"] > means.loc[CONTROL, "peak_share"]
+        and means.loc["plant_x4", "peak_update"] <= means.loc[CONTROL, "peak_update"]
+        and means.loc["plant_x4", "final_d1"] <= means.loc[CONTROL, "final_d1"]))
+    # 4. every_plant: final share within 10% of its peak (no narrowing), final plants above the
+    # control's, lowest final D1.
+    out["p4"] = word(None if not {"every_plant", CONTROL} <= have else bool(
+        means.loc["every_plant", "final_share"] >= 0.9 * means.loc["every_plant", "peak_share"]
+        and means.loc["every_plant", "final_plants"] > means.loc[CONTROL, "final_plants"]
+        and means.loc["every_plant", "final_d1"] == means["final_d1"].min()))
+    # 5. JSD from the control at the last shared update: no_plant smallest, every_plant largest.
+    cross = jsd[jsd["comparison"] == "vs_default"] if len(jsd) else jsd
+    if len(cross) and {"no_plant", "every_plant", "plant_x4"} <= set(cross["variant"]):
+        at = cross["update"].max()
+        final = cross[cross["update"] == at].set_index("variant")["jsd"]
+        out["p5"] = word(bool(final.idxmin() == "no_plant" and final.idxmax() == "every_plant"))
+    else:
+        out["p5"] = word(None)
+    # 6. Network: PR rises with D1 across checkpoints (positive rank correlation), no event
+    # effect on it (p >= 0.05 at every offset, pooled over variants).
+    merged = checkpoints[["variant", "seed", "update", "d1"]].merge(
+        network[["variant", "seed", "update", "pr_last"]], on=["variant", "seed", "update"])
+    pr_events = events[(events["variant"] == "all") & (events["measure"] == "pr_last")] \
+        if len(events) else events
+    if len(merged) > 3 and len(pr_events):
+        rho = merged["d1"].rank().corr(merged["pr_last"].rank())
+        out["p6"] = word(bool(rho > 0 and (pr_events["p"] >= 0.05).all()))
+    else:
+        out["p6"] = word(None)
+    # 7. The fit: the burst term lowers the AIC by less than 2.
+    if fit is not None and len(fit) == 2:
+        aic = fit.set_index("with_burst")["aic"]
+        out["p7"] = word(bool(aic[False] - aic[True] < 2))
+    else:
+        out["p7"] = word(None)
+    return out

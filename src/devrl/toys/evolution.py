@@ -164,7 +164,7 @@ def jump_summary(d1: np.ndarray, discovery: int) -> dict[str, float]:
             "rise_time": float(peak_at), "half_life": half, "final": final}
 
 
-def jump_sweep(new_rewards=(0.0, 0.5, 1.0, 2.0, 4.0), betas=(0.05, 0.1, 0.2),
+def jump_sweep(new_rewards=(0.0, 0.25, 0.5, 1.0, 2.0, 4.0), betas=(0.05, 0.1, 0.2),
                mus=(0.0005, 0.002, 0.008), sigmas=(0.0, 0.5), steps: int = 600,
                discovery: int = 100, **landscape) -> pd.DataFrame:
     """jump_summary of D1 over a grid of the new reward, selection, mutation and burst sizes."""
