@@ -548,9 +548,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     from devrl.behaviour import evaluate_run, load_config
     from devrl.config import config_from_dict
     from devrl.runs import list_checkpoints, load_params, read_manifest, sha256_file
-    from devrl.sweep import run_dir_for, run_sweep
-
-    from devrl.sweep import SweepSpec
+    from devrl.sweep import SweepSpec, run_dir_for, run_sweep
 
     settings = STUDY_SETTINGS[scale]
     spec = study_spec(scale)
