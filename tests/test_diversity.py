@@ -109,7 +109,7 @@ def test_discoveries_and_event_triggered_average():
     table = dv.event_triggered(measure, "d1", events, window=3, draws=300)
     assert table["mean"].tolist() == [1.0, 1.0, 1.0]
     assert (table["null_mean"] < 0.3).all() and (table["effect"] > 2).all()
-    assert (table["p"] < 0.05).all()
+    assert (table["p"] < 0.05).all() and (table["p_local"] < 0.05).all()
     # A measure that ignores the discoveries shows no effect.
     flat = measure.assign(d1=1.0)
     table = dv.event_triggered(flat, "d1", events, window=3, draws=300)
@@ -169,3 +169,41 @@ def test_prediction_verdicts_follow_their_rules():
     control = checkpoints[checkpoints["variant"] == "default"]
     out = dv.verdicts(control, jsd.iloc[:0], events, network, None)
     assert out["p2"] == out["p3"] == out["p4"] == out["p5"] == "untested"
+
+
+def test_the_local_null_controls_for_an_early_trend():
+    """Every measure rises (slope 1) for 20 checkpoints, then stays flat; the discoveries fall in
+    the rising phase. Against random times anywhere the discoveries look special; against
+    times near them they do not."""
+    rows, events = [], []
+    for seed in range(3):
+        for update in range(40):
+            rows.append({"seed": seed, "update": update, "d1": float(min(update, 20))})
+        events += [{"seed": seed, "update": float(u)} for u in (8, 10, 12)]
+    table = dv.event_triggered(pd.DataFrame(rows), "d1", pd.DataFrame(events), window=2,
+                               draws=500)
+    assert (table["effect"] > 1.5).all() and (table["p"] < 0.05).all()
+    assert (table["effect_local"].fillna(0).abs() < 1).all() and (table["p_local"] > 0.3).all()
+
+
+def test_leaving_the_discovered_achievement_out_removes_its_own_contribution():
+    """Episodes whose only change is the new achievement: D1 jumps at its discovery, D1 of the
+    other achievements does not move."""
+    rng = np.random.default_rng(3)
+    episodes = []
+    for update in range(12):
+        for e in range(64):
+            episodes.append({"variant": "default", "seed": 0, "update": update,
+                             "achievement_new": update >= 6 and e % 2 == 0,
+                             "achievement_a": bool(rng.integers(2)),
+                             "achievement_b": bool(rng.integers(2))})
+    episodes = pd.DataFrame(episodes)
+    found = dv.discoveries(episodes, by=("variant", "seed"))
+    events = found[~found["known_at_start"] & found["update"].notna()]
+    assert events["achievement"].tolist() == ["new"] and events["update"].tolist() == [6.0]
+    table = dv.strategy_table(episodes, by=("variant", "seed", "update"))
+    assert table.loc[6, "d1"] > 1.7 * table.loc[5, "d1"]  # the new bit alone, nearly 2x
+    others = dv.others_table(episodes, events)
+    assert set(others["achievement"]) == {"new"}
+    jump = others.set_index("update")["d1_others"]
+    assert abs(jump[6] - jump[5]) < 0.5

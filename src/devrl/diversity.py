@@ -30,7 +30,8 @@ checkpoint where its success rate over the evaluation episodes reaches `DISCOVER
 (achievements already at that rate at update 0 are known from the start, not discovered). The
 event-triggered average of a measure is its mean change from the checkpoint before the discovery to
 each checkpoint after, over (run, achievement) events; the null draws the same number of events
-at random checkpoints of the same runs.
+at random checkpoints of the same runs (anywhere after the first checkpoint, and, against slow
+trends, within `LOCAL_NULL` checkpoints of each event).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ BOOTSTRAP_SEED = 2024
 HILL_ORDERS = (0, 1, 2)
 EVENT_WINDOW = 4  # checkpoints after (and one before) a discovery in the event-triggered average
 NULL_DRAWS = 2000  # random-time replicates of the whole set of events
+LOCAL_NULL = 8  # the local null draws within this many checkpoints of each event
 
 
 # ------------------------------------------------------------------ within one agent
@@ -258,20 +260,25 @@ def _event_deltas(values: np.ndarray, index: int, window: int) -> np.ndarray:
 
 def event_triggered(measure: pd.DataFrame, column: str, events: pd.DataFrame,
                     by: Sequence[str] = ("seed",), window: int = EVENT_WINDOW,
-                    draws: int = NULL_DRAWS, seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
+                    draws: int = NULL_DRAWS, seed: int = BOOTSTRAP_SEED,
+                    local: int = LOCAL_NULL) -> pd.DataFrame:
     """Mean change of `measure[column]` from the checkpoint before each event to the `window`
-    checkpoints from it on, against a null of as many events at random checkpoints per run.
+    checkpoints from it on, against two nulls of as many events per run at random checkpoints:
+    anywhere in the run after its first checkpoint (`uniform`), and within `local` checkpoints
+    of each event, the event's own excluded (`local`: it controls for slow trends, such as the
+    early rise of everything while discoveries are also early).
 
     `measure` has one row per (*by, update); `events` rows (*by, update) name the checkpoint of
     each discovery (not known at start, not NaN). Returns one row per offset: `offset` (0 = the
-    discovery checkpoint), `events`, `mean`, `null_mean`, `null_sd`, `effect` ((mean - null_mean)
-    / null_sd) and `p` (the null's share at least as large as the mean, one-sided)."""
+    discovery checkpoint), `events`, `mean`, and per null (suffix `_local` for the local one)
+    `null_mean`, `null_sd`, `effect` ((mean - null_mean) / null_sd) and `p` (the null's share at
+    least as large as the mean, one-sided)."""
     series = {}
     for key, group in measure.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
         group = group.sort_values("update")
         series[key] = (group["update"].to_numpy(), group[column].to_numpy(float))
-    observed, per_run = [], {}
+    observed, at = [], []
     for _, event in events.iterrows():
         key = tuple(event[b] for b in by)
         if key not in series or not np.isfinite(event["update"]):
@@ -281,29 +288,40 @@ def event_triggered(measure: pd.DataFrame, column: str, events: pd.DataFrame,
         if not len(where) or where[0] == 0:
             continue
         observed.append(_event_deltas(values, int(where[0]), window))
-        per_run[key] = per_run.get(key, 0) + 1
+        at.append((key, int(where[0])))
     if not observed:
         raise ConfigError("events has no discovery at a measured checkpoint after the first: "
                           "nothing to average")
     observed = np.array(observed)
-    rng = np.random.default_rng(seed)
-    null = np.empty((draws, window))
-    for d in range(draws):
-        sample = []
-        for key, n in per_run.items():
-            updates, values = series[key]
-            for index in rng.integers(1, len(values), size=n):
-                sample.append(_event_deltas(values, int(index), window))
-        sample = np.array(sample)
-        seen = np.isfinite(sample).sum(0)
-        null[d] = np.where(seen > 0, np.nansum(sample, axis=0) / np.maximum(seen, 1), np.nan)
     mean = np.nanmean(observed, axis=0)
-    null_mean, null_sd = np.nanmean(null, axis=0), np.nanstd(null, axis=0)
-    return pd.DataFrame({
-        "offset": np.arange(window), "events": np.isfinite(observed).sum(0), "mean": mean,
-        "null_mean": null_mean, "null_sd": null_sd,
-        "effect": (mean - null_mean) / np.where(null_sd > 0, null_sd, np.nan),
-        "p": (null >= mean[None]).sum(0) / np.isfinite(null).sum(0)})
+    rng = np.random.default_rng(seed)
+
+    def uniform(key, index, n):
+        return rng.integers(1, n)
+
+    def nearby(key, index, n):
+        choices = [i for i in range(max(1, index - local), min(n, index + local + 1))
+                   if i != index]
+        return rng.choice(choices) if choices else index
+
+    out = {"offset": np.arange(window), "events": np.isfinite(observed).sum(0), "mean": mean}
+    for suffix, draw in (("", uniform), ("_local", nearby)):
+        null = np.empty((draws, window))
+        for d in range(draws):
+            sample = []
+            for key, index in at:
+                values = series[key][1]
+                sample.append(_event_deltas(values, int(draw(key, index, len(values))), window))
+            sample = np.array(sample)
+            seen = np.isfinite(sample).sum(0)
+            null[d] = np.where(seen > 0, np.nansum(sample, axis=0) / np.maximum(seen, 1),
+                               np.nan)
+        null_mean, null_sd = np.nanmean(null, axis=0), np.nanstd(null, axis=0)
+        out[f"null_mean{suffix}"] = null_mean
+        out[f"null_sd{suffix}"] = null_sd
+        out[f"effect{suffix}"] = (mean - null_mean) / np.where(null_sd > 0, null_sd, np.nan)
+        out[f"p{suffix}"] = (null >= mean[None]).sum(0) / np.isfinite(null).sum(0)
+    return pd.DataFrame(out)
 
 
 # ------------------------------------------------------------------ the study
@@ -317,7 +335,7 @@ CHECKPOINT_COLUMNS = ("episode_return", "default_return", "episode_length", "pla
 TRAINING_COLUMNS = ("episode_return", "default_return", "plants_placed", "place_attempts",
                     "episode_length")
 UPDATES_PER_BIN = {"smoke": 1, "cpu": 4, "paper": 32}
-EVENT_MEASURES = ("d1", "d2", "pr_last")
+EVENT_MEASURES = ("d1", "d1_others", "d2", "pr_last")
 
 
 def study_spec(scale: str):
@@ -353,10 +371,19 @@ def network_measures(config: TrainConfig, checkpoints, probe: dict[str, np.ndarr
                      cache=None) -> tuple[pd.DataFrame, dict[int, np.ndarray]]:
     """Per checkpoint (update, params): participation ratio of each actor layer on the common
     probe states, and the action probabilities there ([states, actions], float16). With `cache`
-    (a folder), each checkpoint's result is kept as `network_UUUUUU.npz` and reused."""
+    (a folder inside a run directory), each checkpoint's result is kept as `network_UUUUUU.npz`
+    and reused; the folder has a manifest of its own, so the run's manifest does not cover it."""
     from devrl.envs import ACTION_NAMES
-    from devrl.runs import atomic_write_npz
+    from devrl.runs import atomic_write_npz, write_manifest
 
+    def manifest() -> None:
+        write_manifest(cache, {"what": "devrl.diversity.network_measures per checkpoint",
+                               "run_config_hash": config.config_hash(),
+                               "probe_states": int(len(probe["obs"]))})
+
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        manifest()
     run = actor_activations(config, len(ACTION_NAMES))
     rows, policies = [], {}
     for update, load in checkpoints:
@@ -376,6 +403,8 @@ def network_measures(config: TrainConfig, checkpoints, probe: dict[str, np.ndarr
         row["pr_last"] = float(pr[-1])
         rows.append(row)
         policies[update] = probs
+    if cache is not None:
+        manifest()
     return pd.DataFrame(rows), policies
 
 
@@ -425,10 +454,31 @@ def jsd_table(policies: dict[tuple[str, int], dict[int, np.ndarray]]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def event_tables(checkpoints: pd.DataFrame, network: pd.DataFrame, threshold: float,
-                 window: int, draws: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def others_table(episodes: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """For each discovery (variant, seed, achievement), the strategy D1 of that run at every
+    checkpoint with the discovered achievement left out of the strategies (`d1_others`): the
+    diversity of the rest of the agent's behaviour, which the discovery does not change by
+    definition (a new achievement at a success rate of p alone multiplies D1 by up to
+    exp(H(p)), the entropy of its own bit)."""
+    rows = []
+    for (variant, seed), run in episodes.groupby(["variant", "seed"]):
+        mine = events[(events["variant"] == variant) & (events["seed"] == seed)]
+        for achievement in mine["achievement"].unique():
+            columns = [c for c in run.columns if c.startswith("achievement_")
+                       and c != f"achievement_{achievement}"]
+            for update, group in run.groupby("update"):
+                labels = strategy_labels(group[columns].to_numpy())
+                counts = np.unique(labels, return_counts=True)[1]
+                rows.append({"variant": variant, "seed": seed, "achievement": achievement,
+                             "update": update, "d1_others": hill_numbers(counts, (1,))[1]})
+    return pd.DataFrame(rows, columns=["variant", "seed", "achievement", "update", "d1_others"])
+
+
+def event_tables(checkpoints: pd.DataFrame, network: pd.DataFrame, episodes: pd.DataFrame,
+                 threshold: float, window: int, draws: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Discoveries per (variant, seed, achievement), and the event-triggered average of each
-    EVENT_MEASURES around them, per variant and over all variants ("all")."""
+    EVENT_MEASURES around them, per variant and over all variants ("all"). `d1_others` is
+    measured per discovery (`others_table`), the others per run."""
     achievements = [c for c in checkpoints.columns if c.startswith("achievement_")]
     found = []
     for variant, group in checkpoints.groupby("variant"):
@@ -441,24 +491,27 @@ def event_tables(checkpoints: pd.DataFrame, network: pd.DataFrame, threshold: fl
     measures = checkpoints[["variant", "seed", "update", "d1", "d2"]].merge(
         network[["variant", "seed", "update", "pr_last"]], on=["variant", "seed", "update"],
         how="left")
+    others = others_table(episodes, events)
     rows = []
     for variant in ["all", *sorted(measures["variant"].unique())]:
-        chosen = measures if variant == "all" else measures[measures["variant"] == variant]
         chosen_events = events if variant == "all" else events[events["variant"] == variant]
         for column in EVENT_MEASURES:
+            source, by = (others, ("variant", "seed", "achievement")) \
+                if column == "d1_others" else (measures, ("variant", "seed"))
+            chosen = source if variant == "all" else source[source["variant"] == variant]
             values = chosen.dropna(subset=[column])
             if chosen_events.empty or values.empty:
                 continue
             try:
-                table = event_triggered(values, column, chosen_events, by=("variant", "seed"),
-                                        window=window, draws=draws)
+                table = event_triggered(values, column, chosen_events, by=by, window=window,
+                                        draws=draws)
             except ConfigError:  # no event at a measured checkpoint
                 continue
             table.insert(0, "measure", column)
             table.insert(0, "variant", variant)
             rows.append(table)
     columns = ["variant", "measure", "offset", "events", "mean", "null_mean", "null_sd",
-               "effect", "p"]
+               "effect", "p", "null_mean_local", "null_sd_local", "effect_local", "p_local"]
     return found, (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns))
 
 
@@ -578,9 +631,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         run_episodes = pd.read_parquet(run_dir / "behaviour" / "episodes.parquet")
         episodes.append(run_episodes.assign(variant=config.reward))
         checkpoints = [(u, lambda p=p: load_params(p)) for u, p in list_checkpoints(run_dir)]
-        cache = run_dir / "diversity"
-        cache.mkdir(exist_ok=True)
-        table, probs = network_measures(config, checkpoints, probe, cache)
+        table, probs = network_measures(config, checkpoints, probe, run_dir / "diversity")
         network.append(table.assign(variant=config.reward, seed=config.seed))
         policies[(config.reward, config.seed)] = probs
         metrics = pd.read_parquet(run_dir / "metrics.parquet").assign(seed=config.seed)
@@ -601,7 +652,8 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     episodes = pd.concat(episodes, ignore_index=True)
     checkpoints = checkpoint_table(episodes)
     network = pd.concat(network, ignore_index=True)
-    found, events = event_tables(checkpoints, network, DISCOVERY_THRESHOLD, settings["window"],
+    found, events = event_tables(checkpoints, network, episodes, DISCOVERY_THRESHOLD,
+                                 settings["window"],
                                  settings["draws"])
     curves, jumps = prediction_tables()
     tables = {"checkpoints": checkpoints, "network": network,
