@@ -572,11 +572,14 @@ def fit_tables(checkpoints: pd.DataFrame, found: pd.DataFrame) -> tuple[pd.DataF
     from devrl.toys.evolution import fit_curves
 
     curves = fit_inputs(checkpoints, found)
-    params, tables = [], []
-    for with_burst in (True, False):
-        fitted, table = fit_curves(curves, with_burst=with_burst)
-        params.append(fitted)
-        tables.append(table.assign(with_burst=with_burst))
+    plain, plain_table = fit_curves(curves, with_burst=False)
+    # The burst model contains the plain one (sigma = 0): start it there as well as from the
+    # default start, and keep the better fit, so adding the term can only lower the error.
+    nested = (plain["beta"], plain["mu"], 1e-3, plain["spread"])
+    burst, burst_table = min((fit_curves(curves, with_burst=True, start=start)
+                              for start in (nested, None)), key=lambda fit: fit[0]["rmse"])
+    params = [burst, plain]
+    tables = [burst_table.assign(with_burst=True), plain_table.assign(with_burst=False)]
     return pd.DataFrame(params), pd.concat(tables, ignore_index=True).rename(
         columns={"curve": "variant"})
 

@@ -214,12 +214,25 @@ class Curve:
     discoveries: np.ndarray  # per source: the update it was found (source 0: 0)
 
 
+FIT_START_SPREAD = 0.01  # share of the untrained population spread evenly over all behaviours
+
+
+def untrained_start(behaviours: int, spread: float = FIT_START_SPREAD) -> np.ndarray:
+    """An untrained policy's population: nearly all on behaviour 0 (which collects nothing),
+    the rest spread evenly, so no skill exists before selection builds it."""
+    start = np.full(behaviours, spread / behaviours)
+    start[0] += 1 - spread
+    return start
+
+
 def model_curve(curve: Curve, beta: float, mu: float, sigma: float, spread: float,
                 steps: int | None = None) -> np.ndarray:
-    """The model's D1 at every update 0..steps (default: the curve's last update)."""
+    """The model's D1 at every update 0..steps (default: the curve's last update), from the
+    untrained population (`untrained_start`)."""
     steps = int(curve.updates.max()) if steps is None else steps
     land = cascade_landscape(curve.rewards, curve.discoveries, spread)
-    return diversity(simulate(land, beta, mu, sigma, steps=steps, dt=FIT_DT))
+    start = untrained_start(land.payoff.shape[0])
+    return diversity(simulate(land, beta, mu, sigma, steps=steps, dt=FIT_DT, start=start))
 
 
 def _readout(model: np.ndarray, observed: np.ndarray) -> tuple[float, float]:
@@ -231,7 +244,10 @@ def _readout(model: np.ndarray, observed: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def fit_curves(curves: dict[str, Curve], with_burst: bool = True, start=(0.05, 0.002, 0.5, 0.2)
+FIT_START = (0.05, 0.002, 0.5, 0.2)  # beta, mu, sigma, spread
+
+
+def fit_curves(curves: dict[str, Curve], with_burst: bool = True, start=None
                ) -> tuple[dict[str, float], pd.DataFrame]:
     """Fit beta, mu, sigma (0 without the burst) and spread, shared by every curve, with an
     affine read-out per curve (the model's D1 counts abstract behaviours, the measurement
@@ -239,11 +255,13 @@ def fit_curves(curves: dict[str, Curve], with_burst: bool = True, start=(0.05, 0
     the table of (curve, update, observed, model)."""
     from scipy.optimize import least_squares
 
+    start = FIT_START if start is None else start
     names = ["beta", "mu", "sigma", "spread"] if with_burst else ["beta", "mu", "spread"]
     x0 = [start[0], start[1], start[2], start[3]] if with_burst else [start[0], start[1],
                                                                       start[3]]
     lower = [1e-4, 1e-6, 0.0, 0.0][: len(names)] if with_burst else [1e-4, 1e-6, 0.0]
     upper = [5.0, 0.5, 20.0, 1.0] if with_burst else [5.0, 0.5, 1.0]
+    x0 = np.clip(x0, lower, upper)
 
     def unpack(x):
         values = dict(zip(names, x))
