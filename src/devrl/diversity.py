@@ -515,10 +515,16 @@ def event_tables(checkpoints: pd.DataFrame, network: pd.DataFrame, episodes: pd.
     return found, (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns))
 
 
+# The model's jump sweep (devrl.toys.evolution.jump_sweep) per scale: the full grid, or a
+# corner of it for the smoke tests.
+MODEL_SWEEP = {"new_rewards": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0), "betas": (0.05, 0.1, 0.2),
+               "mus": (0.0005, 0.002, 0.008), "sigmas": (0.0, 0.5)}
 STUDY_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": {"window": 2, "draws": 100, "fit": False},
-    "cpu": {"window": EVENT_WINDOW, "draws": NULL_DRAWS, "fit": True},
-    "paper": {"window": EVENT_WINDOW, "draws": NULL_DRAWS, "fit": True},
+    "smoke": {"window": 2, "draws": 100, "fit": False,
+              "sweep": {"new_rewards": (0.0, 1.0), "betas": (0.1,), "mus": (0.002,),
+                        "sigmas": (0.0, 0.5), "steps": 200}},
+    "cpu": {"window": EVENT_WINDOW, "draws": NULL_DRAWS, "fit": True, "sweep": MODEL_SWEEP},
+    "paper": {"window": EVENT_WINDOW, "draws": NULL_DRAWS, "fit": True, "sweep": MODEL_SWEEP},
 }
 # The model's stated predictions (book/diversity.md): one discovery of a plant-like source, with
 # each variant's plant reward; every_plant pays more to the variants that plant more, which the
@@ -605,6 +611,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     from devrl.config import config_from_dict
     from devrl.runs import list_checkpoints, load_params, read_manifest, sha256_file
     from devrl.sweep import SweepSpec, run_dir_for, run_sweep
+    from devrl.toys.evolution import jump_sweep
 
     settings = STUDY_SETTINGS[scale]
     spec = study_spec(scale)
@@ -663,7 +670,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
               "probe_policy": pd.concat(probe_rows, ignore_index=True),
               "jsd": jsd_table(policies), "training": pd.concat(training, ignore_index=True),
               "discoveries": found, "events": events, "model_predictions": curves,
-              "model_jumps": jumps}
+              "model_jumps": jumps, "model_sweep": jump_sweep(**settings["sweep"])}
     if settings["fit"]:
         tables["model_fit"], tables["model_fit_curves"] = fit_tables(checkpoints, found)
     control_runs = [{**r, "variant": CONTROL} for r in control.manifest["runs"]
