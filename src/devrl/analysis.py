@@ -542,6 +542,7 @@ class DiversityData:
     """The reward-structure and diversity study's tables (`data/diversity-<scale>/`)."""
 
     scale: str
+    seeds: list[int]
     path: Path
     manifest: dict[str, Any]
     tables: dict[str, pd.DataFrame]
@@ -553,7 +554,7 @@ class DiversityData:
         raise AttributeError(name)
 
     def describe(self) -> str:
-        runs = self.manifest["runs"]
+        runs = [r for r in self.manifest["runs"] if r["seed"] in self.seeds]
         variants = sorted({r["variant"] for r in runs})
         seeds = sorted({r["seed"] for r in runs})
         steps = sorted({r["env_steps_done"] for r in runs})
@@ -585,4 +586,5 @@ def diversity_data(scale: str = "cpu", seeds: list[int] | None = None,
     chosen = choose_seeds(manifest, seeds, folder)
     picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
               if "seed" in frame.columns else frame for name, frame in tables.items()}
-    return DiversityData(scale=scale, path=folder, manifest=manifest, tables=picked)
+    return DiversityData(scale=scale, seeds=chosen, path=folder, manifest=manifest,
+                         tables=picked)
