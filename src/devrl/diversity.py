@@ -690,7 +690,6 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         "runs": control_runs + runs}
 
 
-
 # ------------------------------------------------------------------ summaries for the chapters
 VARIANT_ORDER = ("default", "no_plant", "every_plant", "plant_x4")
 
