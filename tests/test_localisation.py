@@ -63,3 +63,53 @@ def test_update_stats_of_constructed_updates():
     assert out["null_effective_rank"] > 20
     assert out["below_float16"]
     assert loc.effective_rank(np.zeros((3, 3))) == 0.0
+
+
+def test_returns_by_source_sum_to_the_return_and_stop_at_episode_ends():
+    rng = np.random.default_rng(1)
+    rewards = rng.standard_normal((6, 3, 4))
+    dones = np.zeros((6, 3), bool)
+    dones[2, 0] = True
+    out = loc.returns_by_source(rewards, dones, gamma=0.9)
+    total = loc.returns_by_source(rewards.sum(-1, keepdims=True), dones, gamma=0.9)[..., 0]
+    np.testing.assert_allclose(out.sum(-1), total)
+    # Env 0's episode ended at t = 2: its return at t = 2 is that step's reward alone.
+    np.testing.assert_allclose(out[2, 0], rewards[2, 0])
+    np.testing.assert_allclose(out[5], rewards[5])
+
+
+def test_the_per_source_parts_sum_to_the_full_policy_gradient():
+    import jax.numpy as jnp
+
+    later, _ = two_checkpoints()
+    network = make_network(make_config("smoke", width=16, depth=3), 17)
+    rng = np.random.default_rng(2)
+    obs = jnp.asarray(rng.standard_normal((5, 4, 5)), jnp.float32)
+    actions = jnp.asarray(rng.integers(0, 17, (5, 4)))
+    returns = rng.standard_normal((5, 4, 3))
+
+    def log_prob(p):
+        _, logits, _ = network.apply(p, jnp.zeros((4, 0)), obs, jnp.zeros((5, 4), bool))
+        return jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], -1)[..., 0]
+
+    parts = loc.split_policy_gradient(log_prob, later, returns)
+    full = jax.grad(lambda p: jnp.mean(log_prob(p) * jnp.asarray(returns.sum(-1))))(later)
+    summed = jax.tree.map(lambda *leaves: sum(leaves), *parts)
+    for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(full)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_specialisation_index_of_constructed_updates():
+    def grad(units):
+        kernel = np.zeros((3, 6))
+        kernel[:, units] = 1.0
+        return {"params": {"actor_0": {"kernel": kernel, "bias": np.zeros(6)}}}
+
+    disjoint = [grad([0, 1]), grad([2, 3]), grad([4, 5])]
+    shared = [grad([0, 1, 2, 3, 4, 5])] * 3
+    assert loc.specialisation_index(loc.unit_profiles(disjoint, "actor_0")) == pytest.approx(1.0)
+    assert loc.specialisation_index(loc.unit_profiles(shared, "actor_0")) == pytest.approx(0.0)
+    half = [grad([0, 1, 2]), grad([1, 2, 3])]  # overlap on 2 of 3 units each
+    assert loc.specialisation_index(loc.unit_profiles(half, "actor_0")) == pytest.approx(1 / 3)
+    cos = loc.alignment(disjoint + shared[:1], "actor_0")
+    assert cos[0, 1] == pytest.approx(0.0) and cos[0, 3] == pytest.approx(np.sqrt(1 / 3))

@@ -94,3 +94,73 @@ def update_stats(before: Any, after: Any, tolerances: Sequence[float] = TOLERANC
                          "relative_norm": norm / max(float(np.linalg.norm(w0)), 1e-300),
                          "below_float16": tol < FLOAT16_FLOOR})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ credit by reward source
+def returns_by_source(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted reward-to-go per source, [T, B, S] from rewards [T, B, S] and dones [T, B]
+    (done at t: the episode ended with step t's reward). Returns are cut at the end of the
+    rollout (no bootstrap), so they sum over sources to the return of the summed reward."""
+    rewards = np.asarray(rewards, np.float64)
+    out = np.zeros_like(rewards)
+    running = np.zeros(rewards.shape[1:])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        running = rewards[t] + gamma * running * (1.0 - np.asarray(dones[t], float))[:, None]
+        out[t] = running
+    return out
+
+
+def split_policy_gradient(log_prob_fn, params: Any, returns: np.ndarray) -> list[Any]:
+    """Per source s, the REINFORCE gradient E[∇ log π(a_t | s_t) G_t^(s)] (a pytree like
+    `params`). `log_prob_fn(params)` gives the log-probabilities [T, B] of the actions taken;
+    `returns` [T, B, S]. The gradient is linear in the returns, so the parts sum to the gradient
+    of the summed return."""
+    import jax
+    import jax.numpy as jnp
+
+    returns = jnp.asarray(returns, jnp.float32)
+
+    def part(weights):
+        return jax.grad(lambda p: jnp.mean(log_prob_fn(p) * weights))(params)
+
+    stacked = jax.lax.map(part, jnp.moveaxis(returns, -1, 0))
+    return [jax.tree.map(lambda leaf, s=s: np.asarray(leaf[s]), stacked)
+            for s in range(returns.shape[-1])]
+
+
+def unit_profiles(grads: Sequence[Any], layer: str) -> np.ndarray:
+    """[S, units]: for each source's gradient, the share of its squared norm on each hidden unit
+    of `layer` (the unit's incoming weights and bias). Rows of zeros for a zero gradient."""
+    rows = []
+    for grad in grads:
+        kernel = np.asarray(grad["params"][layer]["kernel"], np.float64)
+        bias = np.asarray(grad["params"][layer]["bias"], np.float64)
+        energy = (kernel ** 2).sum(0) + bias ** 2
+        total = energy.sum()
+        rows.append(energy / total if total > 0 else energy)
+    return np.array(rows)
+
+
+def specialisation_index(profiles: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """1 − the mean Bhattacharyya overlap sum_u sqrt(p_s(u) p_s'(u)) over pairs of sources with
+    a non-zero profile (weighted by the product of their `weights`, e.g. gradient norms): 0 when
+    every source's update loads the same units alike, 1 when they load disjoint units."""
+    live = [i for i, row in enumerate(profiles) if row.sum() > 0]
+    if len(live) < 2:
+        return float("nan")
+    weights = np.ones(len(profiles)) if weights is None else np.asarray(weights, float)
+    num = den = 0.0
+    for a, b in itertools.combinations(live, 2):
+        w = weights[a] * weights[b]
+        num += w * np.sqrt(profiles[a] * profiles[b]).sum()
+        den += w
+    return float(1 - num / den)
+
+
+def alignment(grads: Sequence[Any], layer: str) -> np.ndarray:
+    """[S, S]: cosine similarity between the sources' gradients of `layer`'s kernel (NaN where a
+    gradient is zero)."""
+    flat = np.array([np.asarray(g["params"][layer]["kernel"], np.float64).ravel() for g in grads])
+    norms = np.linalg.norm(flat, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (flat @ flat.T) / np.outer(norms, norms)
