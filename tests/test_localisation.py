@@ -113,3 +113,24 @@ def test_specialisation_index_of_constructed_updates():
     assert loc.specialisation_index(loc.unit_profiles(half, "actor_0")) == pytest.approx(1 / 3)
     cos = loc.alignment(disjoint + shared[:1], "actor_0")
     assert cos[0, 1] == pytest.approx(0.0) and cos[0, 3] == pytest.approx(np.sqrt(1 / 3))
+
+
+def test_craftax_rewards_split_by_source_sum_to_the_reward():
+    import jax.numpy as jnp
+
+    config = make_config("smoke", reward="plant_x4")
+    run, network = loc.make_source_rollout(config, envs=8, steps=64)
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((8, 0)),
+                          jnp.zeros((1, 8, 1345)), jnp.ones((1, 8), bool))
+    out = jax.device_get(run(params, jax.random.PRNGKey(1)))
+    names = loc.source_names()
+    assert out["sources"].shape == (64, 8, len(names)) and names[-1] == "other"
+    np.testing.assert_allclose(out["sources"].sum(-1), out["rewards"], atol=1e-5)
+    unlocks = out["sources"][..., :-1]
+    assert unlocks.sum() > 0  # a random policy unlocks something in 512 steps
+    # Each achievement pays at most once per episode (PLACE_PLANT 4 under plant_x4).
+    assert set(np.unique(unlocks)) <= {0.0, 1.0, 4.0}
+    for e in range(8):
+        episode = np.cumsum(np.concatenate([[0], out["dones"][:-1, e]]))
+        for k in np.unique(episode):
+            assert ((unlocks[episode == k, e] > 0).sum(0) <= 1).all()

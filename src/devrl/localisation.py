@@ -164,3 +164,59 @@ def alignment(grads: Sequence[Any], layer: str) -> np.ndarray:
     norms = np.linalg.norm(flat, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (flat @ flat.T) / np.outer(norms, norms)
+
+
+def source_names() -> tuple[str, ...]:
+    """The reward sources of a Craftax step: each achievement's unlock, then `other` (health
+    changes, and what a reward structure pays beyond the first unlock, e.g. every_plant's
+    repeats)."""
+    from devrl.envs import ACHIEVEMENT_NAMES
+
+    return tuple(ACHIEVEMENT_NAMES) + ("other",)
+
+
+def make_source_rollout(config, envs: int, steps: int):
+    """jit(params, key) -> dict of a feedforward policy's on-policy rollout from fresh worlds:
+    `obs` [T, B, D], `actions` [T, B], `dones` [T, B], `sources` [T, B, S] (the step's reward
+    split by `source_names()`; it sums to the reward exactly)."""
+    import jax
+    import jax.numpy as jnp
+    from craftax.craftax_classic.constants import Achievement
+
+    from devrl.envs import BehaviourWrapper, PoolResetVecEnv
+    from devrl.ppo import make_network
+
+    if config.memory:
+        raise ConfigError(f"memory={config.memory} is not allowed here: the credit split reads "
+                          "a feedforward policy (memory 0)")
+    env = PoolResetVecEnv(BehaviourWrapper(config.env_name, config.reward), envs, envs)
+    spec = env.env.spec
+    network = make_network(config, env.num_actions)
+    pay = jnp.ones(len(Achievement)).at[Achievement.PLACE_PLANT.value].set(spec.plant_first)
+
+    @jax.jit
+    def run(params, key):
+        k_reset, k_loop = jax.random.split(key)
+        obs, state = env.reset(k_reset, env.default_params)
+        before = state.env_states.env_state.achievements.astype(jnp.float32)
+
+        def step(carry, k):
+            obs, state, before = carry
+            k_act, k_env = jax.random.split(k)
+            _, logits, _ = network.apply(params, jnp.zeros((envs, 0)), obs[None],
+                                         jnp.ones((1, envs), bool))
+            action = jax.random.categorical(k_act, logits[0])
+            next_obs, state, reward, done, info = env.step(k_env, state, action,
+                                                           env.default_params)
+            after = info["achievements"].astype(jnp.float32)
+            unlocked = jnp.clip(after - before, 0, 1) * pay
+            other = reward - unlocked.sum(-1)
+            sources = jnp.concatenate([unlocked, other[:, None]], axis=-1)
+            fresh = state.env_states.env_state.achievements.astype(jnp.float32)
+            before = jnp.where(done[:, None], fresh, after)
+            return (next_obs, state, before), (obs, action, done, sources, reward)
+
+        _, out = jax.lax.scan(step, (obs, state, before), jax.random.split(k_loop, steps))
+        return dict(zip(("obs", "actions", "dones", "sources", "rewards"), out))
+
+    return run, network
