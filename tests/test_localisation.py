@@ -134,3 +134,26 @@ def test_craftax_rewards_split_by_source_sum_to_the_reward():
         episode = np.cumsum(np.concatenate([[0], out["dones"][:-1, e]]))
         for k in np.unique(episode):
             assert ((unlocks[episode == k, e] > 0).sum(0) <= 1).all()
+
+
+def test_credit_split_on_a_craftax_rollout():
+    import jax.numpy as jnp
+
+    config = make_config("smoke")
+    network = make_network(config, 17)
+    params = network.init(jax.random.PRNGKey(0), jnp.zeros((8, 0)), jnp.zeros((1, 8, 1345)),
+                          jnp.ones((1, 8), bool))
+    parts, rollout = loc.credit_split(config, params, envs=8, steps=64, key=jax.random.PRNGKey(1))
+    assert len(parts) == len(loc.source_names())
+    assert set(parts[0]["params"]) == {"actor_0", "actor_1", "actor_out"}
+    table = loc.credit_table(parts)
+    live = table[table["norm_share"] > 0]
+    assert not live.empty and (live["concentration"] >= 1 - 1e-9).all()
+    for _, layer in table.groupby("layer"):
+        assert layer["norm_share"].sum() == pytest.approx(1.0)
+        assert 0 <= layer["specialisation"].iloc[0] <= 1
+    # Sources that paid nothing in the rollout get no update.
+    paid = rollout["sources"].reshape(-1, len(parts)).any(0)
+    for name, did in zip(loc.source_names(), paid):
+        share = table.loc[table["source"] == name, "norm_share"]
+        assert (share > 0).all() == bool(did)

@@ -220,3 +220,55 @@ def make_source_rollout(config, envs: int, steps: int):
         return dict(zip(("obs", "actions", "dones", "sources", "rewards"), out))
 
     return run, network
+
+
+def credit_split(config, params: Any, envs: int, steps: int, key) -> tuple[list[Any], dict]:
+    """The REINFORCE update of `params` on one rollout (`make_source_rollout`), split by reward
+    source: per source, the gradient of E[log π(a_t | s_t) G_t^(s)] over the actor's parameters
+    (Monte-Carlo returns with the run's discount, cut at the rollout's end). Returns the parts
+    (in `source_names()` order) and the rollout."""
+    import jax
+    import jax.numpy as jnp
+
+    from devrl.policy_llc import actor_params
+
+    run, network = make_source_rollout(config, envs, steps)
+    rollout = jax.device_get(run(params, key))
+    returns = returns_by_source(rollout["sources"], rollout["dones"], config.gamma)
+    obs = jnp.asarray(rollout["obs"])
+    actions = jnp.asarray(rollout["actions"])
+    critic = {n: leaf for n, leaf in params["params"].items() if not n.startswith("actor")}
+
+    def log_prob(actor):
+        full = {"params": {**actor["params"], **critic}}
+        _, logits, _ = network.apply(full, jnp.zeros((obs.shape[1], 0)), obs,
+                                     jnp.ones(obs.shape[:2], bool))
+        return jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], -1)[..., 0]
+
+    return split_policy_gradient(log_prob, actor_params(params), returns), rollout
+
+
+def credit_table(parts: Sequence[Any], names: Sequence[str] = ()) -> pd.DataFrame:
+    """Per actor layer and reward source: the source's share of the summed squared gradient norm
+    of the layer (`norm_share`), the concentration of its update on units (the inverse
+    participation ratio of its unit profile, times the number of units: 1 = spread evenly, the
+    number of units = on one unit), and per layer the specialisation index of the sources with a
+    non-zero update, weighted by their gradient norms."""
+    names = list(names) or list(source_names())
+    rows = []
+    for layer in actor_layers(parts[0]):
+        if layer == "actor_out":
+            continue  # its units are the actions: no hidden units to profile
+        norms = np.array([float(np.sum(np.asarray(p["params"][layer]["kernel"], np.float64) ** 2)
+                                + np.sum(np.asarray(p["params"][layer]["bias"],
+                                                    np.float64) ** 2)) for p in parts])
+        profiles = unit_profiles(parts, layer)
+        index = specialisation_index(profiles, np.sqrt(norms))
+        units = profiles.shape[1]
+        for name, norm, profile in zip(names, norms, profiles):
+            rows.append({"layer": layer, "source": name,
+                         "norm_share": norm / norms.sum() if norms.sum() > 0 else 0.0,
+                         "concentration": float(units * (profile ** 2).sum())
+                         if profile.sum() > 0 else np.nan,
+                         "specialisation": index})
+    return pd.DataFrame(rows)
