@@ -145,6 +145,13 @@ def test_credit_split_on_a_craftax_rollout():
                           jnp.ones((1, 8), bool))
     parts, rollout = loc.credit_split(config, params, envs=8, steps=64, key=jax.random.PRNGKey(1))
     assert len(parts) == len(loc.source_names())
+    # An exported checkpoint holds the actor only: the same split, the critic being unused.
+    from devrl.policy_llc import actor_params
+
+    alone, _ = loc.credit_split(config, actor_params(params), envs=8, steps=64,
+                                key=jax.random.PRNGKey(1))
+    for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(parts)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert set(parts[0]["params"]) == {"actor_0", "actor_1", "actor_out"}
     table = loc.credit_table(parts)
     live = table[table["norm_share"] > 0]

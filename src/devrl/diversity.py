@@ -157,7 +157,7 @@ def participation_ratio(activations: np.ndarray) -> float:
 def actor_activations(config: TrainConfig, num_actions: int):
     """jit(params, obs [N, D]) -> (per hidden layer of the actor, its activations [N, width],
     action probabilities [N, A]). Feedforward networks only (the diversity study's)."""
-    from devrl.networks import ACTIVATIONS, initial_hidden
+    from devrl.networks import ACTIVATIONS, initial_hidden, with_zeros_for_missing
     from devrl.ppo import make_network
 
     if config.memory:
@@ -172,12 +172,9 @@ def actor_activations(config: TrainConfig, num_actions: int):
         hidden = initial_hidden(obs.shape[0], 0)
         first = jnp.ones((1, obs.shape[0]), bool)
         # Exported checkpoints hold the actor only: the critic's branch gets zeros (unused).
-        shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), hidden, obs[None], first)
-        full = {name: params["params"].get(name) or jax.tree.map(
-            lambda x: jnp.zeros(x.shape, x.dtype), leaf)
-            for name, leaf in shapes["params"].items()}
+        full = with_zeros_for_missing(network, params, hidden, obs[None], first)
         (_, logits, _), state = network.apply(
-            {"params": full}, hidden, obs[None], first,
+            full, hidden, obs[None], first,
             capture_intermediates=lambda m, _: m.name in names)
         inter = state["intermediates"]
         layers = [act(inter[name]["__call__"][0][0]) for name in names]

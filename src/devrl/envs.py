@@ -92,8 +92,8 @@ def make_env(env_name: str) -> CraftaxClassicSymbolicEnvNoAutoReset:
 def episode_vector(info: dict) -> jax.Array:
     """The finished-episode fields of one env's step info as a float32 vector (EPISODE_FIELDS)."""
     s = info["stats"]
-    head = jnp.stack([s.episode_return, s.default_return, s.length, s.plants_placed, s.place_attempts,
-                      s.saplings_collected, s.plants_eaten]).astype(jnp.float32)
+    head = jnp.stack([s.episode_return, s.default_return, s.length, s.plants_placed,
+                      s.place_attempts, s.saplings_collected, s.plants_eaten]).astype(jnp.float32)
     return jnp.concatenate([head, info["achievements"].astype(jnp.float32),
                             s.action_counts.astype(jnp.float32)])
 

@@ -184,6 +184,7 @@ def make_source_rollout(config, envs: int, steps: int):
     from craftax.craftax_classic.constants import Achievement
 
     from devrl.envs import BehaviourWrapper, PoolResetVecEnv
+    from devrl.networks import with_zeros_for_missing
     from devrl.ppo import make_network
 
     if config.memory:
@@ -199,6 +200,8 @@ def make_source_rollout(config, envs: int, steps: int):
         k_reset, k_loop = jax.random.split(key)
         obs, state = env.reset(k_reset, env.default_params)
         before = state.env_states.env_state.achievements.astype(jnp.float32)
+        params = with_zeros_for_missing(network, params, jnp.zeros((envs, 0)), obs[None],
+                                        jnp.ones((1, envs), bool))  # actor-only checkpoints
 
         def step(carry, k):
             obs, state, before = carry
@@ -223,13 +226,15 @@ def make_source_rollout(config, envs: int, steps: int):
 
 
 def credit_split(config, params: Any, envs: int, steps: int, key) -> tuple[list[Any], dict]:
-    """The REINFORCE update of `params` on one rollout (`make_source_rollout`), split by reward
+    """The REINFORCE update of `params` (a full checkpoint, or an exported actor-only one) on
+    one rollout (`make_source_rollout`), split by reward
     source: per source, the gradient of E[log π(a_t | s_t) G_t^(s)] over the actor's parameters
     (Monte-Carlo returns with the run's discount, cut at the rollout's end). Returns the parts
     (in `source_names()` order) and the rollout."""
     import jax
     import jax.numpy as jnp
 
+    from devrl.networks import with_zeros_for_missing
     from devrl.policy_llc import actor_params
 
     run, network = make_source_rollout(config, envs, steps)
@@ -237,12 +242,11 @@ def credit_split(config, params: Any, envs: int, steps: int, key) -> tuple[list[
     returns = returns_by_source(rollout["sources"], rollout["dones"], config.gamma)
     obs = jnp.asarray(rollout["obs"])
     actions = jnp.asarray(rollout["actions"])
-    critic = {n: leaf for n, leaf in params["params"].items() if not n.startswith("actor")}
+    hidden, first = jnp.zeros((obs.shape[1], 0)), jnp.ones(obs.shape[:2], bool)
 
     def log_prob(actor):
-        full = {"params": {**actor["params"], **critic}}
-        _, logits, _ = network.apply(full, jnp.zeros((obs.shape[1], 0)), obs,
-                                     jnp.ones(obs.shape[:2], bool))
+        full = with_zeros_for_missing(network, actor, hidden, obs, first)
+        _, logits, _ = network.apply(full, hidden, obs, first)
         return jnp.take_along_axis(jax.nn.log_softmax(logits), actions[..., None], -1)[..., 0]
 
     return split_policy_gradient(log_prob, actor_params(params), returns), rollout

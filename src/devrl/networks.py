@@ -67,3 +67,13 @@ class ActorCritic(nn.Module):
 
 def initial_hidden(batch: int, memory: int) -> jax.Array:
     return jnp.zeros((batch, memory), jnp.float32)
+
+
+def with_zeros_for_missing(network: ActorCritic, params, hidden, obs, resets):
+    """`params` completed with zeros for every layer it lacks (e.g. the critic of an exported
+    actor-only checkpoint), so that `network.apply` runs; the zero layers' outputs (the values)
+    are not meant to be used, and XLA drops them when nothing reads them."""
+    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), hidden, obs, resets)
+    have = params["params"]
+    return {"params": {name: have[name] if name in have else jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape, s.dtype), leaf) for name, leaf in shapes["params"].items()}}

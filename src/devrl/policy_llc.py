@@ -47,7 +47,7 @@ from devrl.behaviour import check_evaluated, load_config, run_dirs_under
 from devrl.config import SCALES, ConfigError, TrainConfig
 from devrl.envs import ACTION_NAMES, CONTEXTS
 from devrl.llc import LLCDivergenceError, LLCResult, estimate_llc, restrict_data
-from devrl.networks import initial_hidden
+from devrl.networks import initial_hidden, with_zeros_for_missing
 from devrl.ppo import make_network
 from devrl.runs import (
     atomic_write_json,
@@ -169,10 +169,7 @@ def policy_logits(network: Any, actor: Any, obs: jax.Array, first: jax.Array) ->
     """
     hidden = initial_hidden(obs.shape[0], network.memory)
     obs_t, first_t = jnp.swapaxes(obs, 0, 1), jnp.swapaxes(first, 0, 1)
-    shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), hidden, obs_t, first_t)
-    critic = {name: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), leaf)
-              for name, leaf in shapes["params"].items() if not name.startswith(SAMPLED_PREFIXES)}
-    params = {"params": {**actor["params"], **critic}}
+    params = with_zeros_for_missing(network, actor, hidden, obs_t, first_t)
     _, logits, _ = network.apply(params, hidden, obs_t, first_t)
     return logits[-1]
 
