@@ -98,29 +98,94 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A head and a worker node with one CPU each on 127.0.0.1, started with `ray start` as the
-    cluster recipe does; afterwards every process of this cluster is stopped."""
-    ray = str(Path(sys.executable).with_name("ray"))
+RAY = str(Path(sys.executable).with_name("ray"))
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+
+
+def start_head(workers: int = 0) -> tuple[int, Path]:
+    """A Ray head with one CPU on 127.0.0.1 (and `workers` more one-CPU nodes joined to it),
+    started with `ray start` as the cluster recipe does: (port, temp dir)."""
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     common = ["--num-cpus=1", "--disable-usage-stats"]
-    head = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1",
+    head = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1",
                            f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
-                           *common], env=env, capture_output=True, text=True, timeout=180)
+                           *common], env=RAY_ENV, capture_output=True, text=True, timeout=180)
     assert head.returncode == 0, head.stderr[-2000:]
-    worker = subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", *common], env=env,
-                            capture_output=True, text=True, timeout=180)
-    assert worker.returncode == 0, worker.stderr[-2000:]
+    for _ in range(workers):
+        worker = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common],
+                                env=RAY_ENV, capture_output=True, text=True, timeout=180)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+    return port, temp
+
+
+def cluster_pids(port: int) -> set[int]:
+    """Every process of the Ray cluster whose GCS listens on `port`: those that name it on their
+    command line (GCS, raylets, monitors, drivers) and all their descendants (workers and agents,
+    which rename themselves)."""
+    mark = (f"127.0.0.1:{port}", f"--gcs_server_port={port}")
+    children: dict[int, list[int]] = {}
+    roots = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="ignore")
+            parent = int((entry / "stat").read_text().split(")")[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+        if any(m in command for m in mark):
+            roots.add(int(entry.name))
+    found, stack = set(), list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid not in found and pid != os.getpid():
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    return found
+
+
+def stop_cluster(port: int, temp: Path) -> None:
+    """Stop the cluster on `port` only. (`ray stop --force` would stop every Ray instance on the
+    machine, including sweeps that have nothing to do with the tests.)"""
+    pids = cluster_pids(port)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if all(gone(pid, timeout=10) for pid in pids):
+            break
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head and a worker node with one CPU each on 127.0.0.1; afterwards every process of
+    this cluster, and of no other, is stopped."""
+    port, temp = start_head(workers=1)
     try:
-        yield f"127.0.0.1:{port}", env
+        yield f"127.0.0.1:{port}", RAY_ENV
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+        stop_cluster(port, temp)
+
+
+def test_stopping_a_test_cluster_spares_other_ray_instances():
+    bystander, bystander_temp = start_head()
+    mine, temp = start_head()
+    try:
+        theirs = cluster_pids(bystander)
+        assert theirs and cluster_pids(mine) and not theirs & cluster_pids(mine)
+        stop_cluster(mine, temp)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in cluster_pids(mine))
+        assert all(not gone(pid, timeout=0.5) for pid in theirs)
+    finally:
+        stop_cluster(bystander, bystander_temp)
 
 
 def test_cluster_sweep_survives_a_killed_worker_and_resubmits_to_nothing(
