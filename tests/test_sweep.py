@@ -121,11 +121,12 @@ def start_head(workers: int = 0) -> tuple[int, Path]:
     return port, temp
 
 
-def cluster_pids(port: int) -> set[int]:
-    """Every process of the Ray cluster whose GCS listens on `port`: those that name it on their
-    command line (GCS, raylets, monitors, drivers) and all their descendants (workers and agents,
-    which rename themselves)."""
-    mark = (f"127.0.0.1:{port}", f"--gcs_server_port={port}")
+def cluster_pids(port: int, temp: Path) -> set[int]:
+    """Every process of the Ray cluster started by `start_head` on `port` with session files in
+    `temp`: those that name either on their command line (GCS, raylets, monitors, drivers; the
+    raylets name the GCS by the machine's address, not 127.0.0.1) and all their descendants
+    (workers and agents, which rename themselves)."""
+    mark = (f":{port} ", f"--gcs_server_port={port} ", f"{temp}/", f"--temp-dir={temp} ")
     children: dict[int, list[int]] = {}
     roots = set()
     for entry in Path("/proc").iterdir():
@@ -133,7 +134,7 @@ def cluster_pids(port: int) -> set[int]:
             continue
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="ignore")
+                errors="ignore") + " "
             parent = int((entry / "stat").read_text().split(")")[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
@@ -152,7 +153,7 @@ def cluster_pids(port: int) -> set[int]:
 def stop_cluster(port: int, temp: Path) -> None:
     """Stop the cluster on `port` only. (`ray stop --force` would stop every Ray instance on the
     machine, including sweeps that have nothing to do with the tests.)"""
-    pids = cluster_pids(port)
+    pids = cluster_pids(port, temp)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -179,10 +180,14 @@ def test_stopping_a_test_cluster_spares_other_ray_instances():
     bystander, bystander_temp = start_head()
     mine, temp = start_head()
     try:
-        theirs = cluster_pids(bystander)
-        assert theirs and cluster_pids(mine) and not theirs & cluster_pids(mine)
+        theirs = cluster_pids(bystander, bystander_temp)
+        ours = cluster_pids(mine, temp)
+        raylets = [pid for pid in ours if "raylet/raylet" in Path(f"/proc/{pid}/cmdline")
+                   .read_bytes().decode(errors="ignore")]
+        assert theirs and raylets and not theirs & ours
         stop_cluster(mine, temp)
-        assert not any(Path(f"/proc/{pid}").exists() for pid in cluster_pids(mine))
+        assert all(gone(pid, timeout=1) for pid in ours)
+        assert not cluster_pids(mine, temp)
         assert all(not gone(pid, timeout=0.5) for pid in theirs)
     finally:
         stop_cluster(bystander, bystander_temp)
