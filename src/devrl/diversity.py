@@ -405,12 +405,6 @@ def network_measures(config: TrainConfig, checkpoints, probe: dict[str, np.ndarr
     return pd.DataFrame(rows), policies
 
 
-def probe_policy_rows(probs: np.ndarray, context: np.ndarray) -> pd.DataFrame:
-    from devrl.behaviour import probe_table
-
-    return probe_table(np.asarray(probs, np.float32), context)
-
-
 def checkpoint_table(episodes: pd.DataFrame) -> pd.DataFrame:
     """Per (variant, seed, checkpoint): means of the episode measures and achievement rates over
     the evaluation episodes, with the strategy diversity of those episodes."""
@@ -604,7 +598,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     evaluate and measure every run (cached in each run), measure the control data set `control`
     (analysis.CraftaxData of the same scale), and return the tables and the manifest's extras."""
     from devrl.analysis import EVAL_SETTINGS, bin_updates
-    from devrl.behaviour import evaluate_run, load_config
+    from devrl.behaviour import evaluate_run, load_config, probe_table
     from devrl.config import config_from_dict
     from devrl.runs import list_checkpoints, load_params, read_manifest, sha256_file
     from devrl.sweep import SweepSpec, run_dir_for, run_sweep
@@ -651,7 +645,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
                      "env_steps_done": manifest["updates_done"] * config.steps_per_update})
     for (variant, seed), probs in policies.items():
         for update, p in probs.items():
-            rows = probe_policy_rows(p, probe["context"])
+            rows = probe_table(np.asarray(p, np.float32), probe["context"])
             rows.insert(0, "update", update)
             rows.insert(0, "seed", seed)
             rows.insert(0, "variant", variant)
