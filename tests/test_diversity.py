@@ -140,12 +140,12 @@ def constructed_study(no_plant_peak=0.05):
                                                                  "plant_x4"],
                         "update": 4, "jsd": [0.01, 0.2, 0.1]})
     events = pd.DataFrame([
-        {"variant": "default", "measure": "d1", "offset": 0, "mean": 1.0, "effect": 3.0,
-         "p": 0.001},
-        {"variant": "default", "measure": "d1", "offset": 1, "mean": 0.5, "effect": 1.0,
-         "p": 0.1},
-        {"variant": "all", "measure": "pr_last", "offset": 0, "mean": 0.1, "effect": 0.2,
-         "p": 0.4}])
+        {"variant": "default", "measure": "d1", "offset": 0, "mean": 1.0, "null_mean": 0.2,
+         "effect": 3.0, "p": 0.001},
+        {"variant": "default", "measure": "d1", "offset": 1, "mean": 1.2, "null_mean": 0.8,
+         "effect": 1.0, "p": 0.1},
+        {"variant": "all", "measure": "pr_last", "offset": 0, "mean": 0.1, "null_mean": 0.0,
+         "effect": 0.2, "p": 0.4}])
     fit = pd.DataFrame({"with_burst": [True, False], "aic": [10.0, 11.0]})
     return pd.DataFrame(rows), jsd, events, pd.DataFrame(net), fit
 
@@ -164,6 +164,10 @@ def test_prediction_verdicts_follow_their_rules():
     out = dv.verdicts(checkpoints, jsd.assign(jsd=[0.3, 0.2, 0.1]), events.assign(p=0.01),
                       network, None)
     assert out["p5"] == "did not hold" and out["p6"] == "did not hold"
+    # Prediction 1 judges the excess over the null, not the raw change.
+    growing = events.copy()
+    growing.loc[1, "null_mean"] = 0.0  # excess 1.2 at the last offset > 0.8 at the discovery
+    assert dv.verdicts(checkpoints, jsd, growing, network, fit)["p1"] == "did not hold"
     assert out["p7"] == "untested"
     # Without the variants, their predictions are untested, not failed.
     control = checkpoints[checkpoints["variant"] == "default"]

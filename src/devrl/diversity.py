@@ -730,8 +730,9 @@ def verdicts(checkpoints: pd.DataFrame, jsd: pd.DataFrame, events: pd.DataFrame,
     have = set(means.index)
     out = {}
 
-    # 1. Control: D1 peaks after the start and ends below the peak; positive event effect at the
-    # discovery checkpoint, larger than at the last offset.
+    # 1. Control: D1 peaks after the start and ends below the peak; a positive event effect at
+    # the discovery checkpoint (p < 0.05, uniform null) whose excess over the null's mean is
+    # smaller at the last offset than at the discovery.
     control = checkpoints[checkpoints["variant"] == CONTROL].groupby("update")["d1"].mean()
     rise_fall = (len(control) > 2 and control.idxmax() > control.index.min()
                  and control.iloc[-1] < control.max())
@@ -740,7 +741,7 @@ def verdicts(checkpoints: pd.DataFrame, jsd: pd.DataFrame, events: pd.DataFrame,
     if len(ev):
         first, last = ev.sort_values("offset").iloc[0], ev.sort_values("offset").iloc[-1]
         event_ok = bool(first["effect"] > 0 and first["p"] < 0.05
-                        and last["mean"] < first["mean"])
+                        and last["mean"] - last["null_mean"] < first["mean"] - first["null_mean"])
     out["p1"] = word(None if not len(ev) else bool(rise_fall and event_ok))
     # 2. no_plant: lower peak share and fewer final plants than the control.
     out["p2"] = word(None if not {"no_plant", CONTROL} <= have else bool(
