@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pandas.testing import assert_frame_equal
 
 from devrl.analysis import check_seeds, craftax_data
 from devrl.config import ConfigError
@@ -183,6 +184,55 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
     injected = [c for c in executed["cells"]
                 if "injected-parameters" in c["metadata"].get("tags", [])]
     assert injected and "recompute = True" in "".join(injected[0]["source"])
+
+
+@pytest.mark.slow
+def test_diversity_study_rebuilds_from_its_digests_without_the_runs(smoke_env, tmp_path,
+                                                                    monkeypatch):
+    """Each finished reward run is digested into data/reward-runs-<scale>/ (committed), so the
+    study is rebuilt from the digests without retraining when the runs folder is lost; a digest
+    that does not match its manifest is refused, and one made with other evaluation settings is
+    not used (its run would be retrained)."""
+    from devrl import analysis, diversity, sweep
+
+    data = tmp_path / "data"
+    if Path(smoke_env["DEVRL_DATA"]).exists():  # the notebooks' data and runs, if they ran
+        shutil.copytree(smoke_env["DEVRL_DATA"], data)
+    monkeypatch.setenv("DEVRL_DATA", str(data))
+    monkeypatch.setenv("DEVRL_RUNS", smoke_env["DEVRL_RUNS"])
+    before = analysis.diversity_data("smoke", [0], recompute=True)  # trains only if needed
+    digests = data / "reward-runs-smoke"
+    assert sorted(p.name for p in digests.iterdir()) == [
+        "every_plant-seed_0", "no_plant-seed_0", "plant_x4-seed_0"]
+    assert all(verify_manifest(p) == [] for p in digests.iterdir())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the study retrained a run that has a digest")
+
+    monkeypatch.setattr(sweep, "run_sweep", no_training)
+    monkeypatch.setenv("DEVRL_RUNS", str(tmp_path / "lost"))  # an empty runs folder
+    after = analysis.diversity_data("smoke", [0], recompute=True)
+    for name in ("checkpoints", "network", "jsd", "events"):
+        assert_frame_equal(before.tables[name], after.tables[name])
+    assert {r.get("digest") for r in after.manifest["runs"]} == {
+        None, "no_plant-seed_0", "every_plant-seed_0", "plant_x4-seed_0"}
+
+    shutil.copytree(digests / "no_plant-seed_0", tmp_path / "kept")
+    with open(digests / "no_plant-seed_0" / "episodes.parquet", "ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(ConfigError, match="digest=.*no_plant-seed_0.*does not match"):
+        analysis.diversity_data("smoke", [0], recompute=True)
+    shutil.rmtree(digests / "no_plant-seed_0")
+    shutil.copytree(tmp_path / "kept", digests / "no_plant-seed_0")
+    assert analysis.diversity_data("smoke", [0], recompute=True).tables["checkpoints"].equals(
+        after.tables["checkpoints"])
+    monkeypatch.setitem(analysis.EVAL_SETTINGS, "smoke",
+                        {**analysis.EVAL_SETTINGS["smoke"], "episodes": 5})
+    with pytest.raises(AssertionError, match="retrained"):
+        analysis.diversity_data("smoke", [0], recompute=True)
+    assert diversity.read_digest(digests / "every_plant-seed_0",
+                                 sweep.make_config("smoke", reward="every_plant", seed=0),
+                                 diversity.common_probe(data / "craftax-smoke"), "smoke") is None
 
 
 @pytest.fixture(scope="module")

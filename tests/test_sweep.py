@@ -297,3 +297,22 @@ def test_a_permanent_error_is_not_retried(tmp_path):
         result.stderr
     assert "a permanent error, not retried" in result.stderr
     assert (run_dir / "train.log").read_text().count("--- ") == 1  # one attempt
+
+
+def test_only_trains_the_named_runs_and_refuses_names_not_in_the_sweep(tmp_path):
+    """`only` picks runs of the sweep by name; a finished one among them means nothing to run
+    (no Ray instance starts), and a name outside the sweep is an error naming it."""
+    from devrl.config import ConfigError
+    from devrl.sweep import run_name, run_sweep
+
+    spec = make_spec("smoke", {"reward": ["no_plant", "plant_x4"]}, [0])
+    with pytest.raises(ConfigError, match=r"only=\['nope/seed_0'\] is not allowed"):
+        run_sweep(spec, tmp_path / "sweep", only={"nope/seed_0"})
+    assert not (tmp_path / "sweep").exists()  # refused before anything is written
+    config = spec.configs()[0][1]
+    result = run_cli("train", "--scale", "smoke", "--reward", "no_plant", "--seeds", "0",
+                     "--out", str(tmp_path / "one"), "--quiet")
+    assert result.returncode == 0, result.stderr[-2000:]
+    shutil.copytree(tmp_path / "one" / run_name(config), run_dir_for(tmp_path / "sweep", config))
+    assert run_sweep(spec, tmp_path / "sweep", only={run_name(config)}, show_progress=False) == 0
+    assert not (run_dir_for(tmp_path / "sweep", spec.configs()[1][1]) / "metrics.parquet").exists()

@@ -143,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     llc.add_argument("--out", required=True, help="data folder to write, e.g. data/llc-cpu")
     llc.add_argument("--quiet", action="store_true", help="no progress lines")
 
+    digest = sub.add_parser(
+        "digest", help="measure the finished runs of the reward sweep into data/",
+        description="For each finished run of the reward sweep in RUNS (default: "
+                    "DEVRL_RUNS/reward-<scale>) without an up-to-date digest, evaluate and "
+                    "measure it and write its compact digest to DEVRL_DATA/reward-runs-<scale>/"
+                    "<reward>-seed_<N>/ (its own manifest). Commit the digests: a study built "
+                    "from them does not retrain those runs, so a grid may span machines and "
+                    "sessions. Unfinished runs are left alone.")
+    digest.add_argument("--scale", default="cpu", help=f"{' | '.join(SCALES)} (default: cpu)")
+    digest.add_argument("--runs", default=None, help="sweep directory of the reward grid")
+
     figure = sub.add_parser(
         "figure", help="rerun one figure notebook with papermill",
         description="Execute notebooks/NAME.md with papermill (kernel 'devrl', cwd notebooks/) "
@@ -301,6 +312,20 @@ def cmd_llc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_digest(args: argparse.Namespace) -> int:
+    from devrl.analysis import craftax_data, runs_root
+    from devrl.diversity import digest_finished
+
+    if args.scale not in SCALES:
+        raise ConfigError(f"scale={args.scale!r} is not allowed: must be one of "
+                          f"{', '.join(SCALES)}")
+    runs = Path(args.runs) if args.runs else runs_root() / f"reward-{args.scale}"
+    status = digest_finished(args.scale, runs, craftax_data(args.scale))
+    for name, state in status.items():
+        print(f"{name:24s} {state}")
+    return 0
+
+
 def cmd_figure(args: argparse.Namespace) -> int:
     from devrl.notebooks import check_overrides, notebook_path, read_parameters, run_figure
 
@@ -352,7 +377,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "sweep": cmd_sweep, "sweep-status": cmd_sweep_status,
             "train-one": cmd_train_one, "eval": cmd_eval, "export": cmd_export, "llc": cmd_llc,
-            "figure": cmd_figure, "verify": cmd_verify}
+            "digest": cmd_digest, "figure": cmd_figure, "verify": cmd_verify}
 
 
 def main(argv: list[str] | None = None) -> int:

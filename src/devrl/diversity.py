@@ -36,7 +36,9 @@ trends, within `LOCAL_NULL` checkpoints of each event).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -592,25 +594,169 @@ def control_checkpoints(control) -> dict[int, list[tuple[int, Any]]]:
     return out
 
 
+def _eval_settings(scale: str) -> dict[str, int]:
+    from devrl.analysis import EVAL_SETTINGS
+
+    return EVAL_SETTINGS[scale]
+
+
+def probe_sha256(probe: dict[str, np.ndarray]) -> str:
+    """A checksum of the common probe states: a digest is tied to the states it was measured on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in ("obs", "context"):
+        digest.update(np.ascontiguousarray(probe[key]).tobytes())
+    return digest.hexdigest()
+
+
+# A run's digest: everything the study reads from one trained run, compact enough to commit
+# (data/reward-runs-<scale>/<reward>-seed_<N>/), so that a finished run is measured once and the
+# study survives the loss of the runs folder. Each digest has its own manifest.
+DIGEST_TABLES = ("episodes", "training", "network")
+
+
+def digest_root(scale: str):
+    from devrl.analysis import data_root
+
+    return data_root() / f"reward-runs-{scale}"
+
+
+def digest_name(config: TrainConfig) -> str:
+    return f"{config.reward}-seed_{config.seed}"
+
+
+def make_digest(run_dir, config: TrainConfig, probe: dict[str, np.ndarray], scale: str,
+                out) -> dict[str, Any]:
+    """Evaluate and measure the finished run `run_dir` of `config` (cached in the run) and write
+    its digest to the folder `out` (staged, then moved in by renames). Returns the digest."""
+    from devrl.analysis import EVAL_SETTINGS, bin_updates
+    from devrl.behaviour import evaluate_run, load_config
+    from devrl.runs import (
+        atomic_write_npz,
+        atomic_write_parquet,
+        check_verified,
+        list_checkpoints,
+        load_params,
+        replace_dir,
+        write_manifest,
+    )
+
+    manifest = check_verified(run_dir, "run")
+    if not manifest.get("complete"):
+        raise ConfigError(f"run={str(run_dir)!r} is not allowed: it has not finished training")
+    if load_config(run_dir).config_hash() != config.config_hash():
+        raise ConfigError(f"run={str(run_dir)!r} is not allowed: its config is not {config}")
+    evaluate_run(run_dir, **EVAL_SETTINGS[scale], show_progress=False)
+    episodes = pd.read_parquet(run_dir / "behaviour" / "episodes.parquet")
+    checkpoints = [(u, lambda p=p: load_params(p)) for u, p in list_checkpoints(run_dir)]
+    network, policies = network_measures(config, checkpoints, probe, run_dir / "diversity")
+    metrics = pd.read_parquet(run_dir / "metrics.parquet").assign(seed=config.seed)
+    digest = {
+        "episodes": episodes.assign(variant=config.reward),
+        "training": bin_updates(metrics, list(TRAINING_COLUMNS), UPDATES_PER_BIN[scale]).assign(
+            variant=config.reward),
+        "network": network.assign(variant=config.reward, seed=config.seed),
+        "policies": policies,
+        "run": {"variant": config.reward, "seed": config.seed, "config": config.to_dict(),
+                "config_hash": config.config_hash(), "complete": True,
+                "env_steps_done": manifest["updates_done"] * config.steps_per_update,
+                "run_git_commit": manifest.get("git_commit")}}
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.staging")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for name in DIGEST_TABLES:
+        atomic_write_parquet(staging / f"{name}.parquet", digest[name])
+    atomic_write_npz(staging / "policies.npz",
+                     {f"update_{u:06d}": np.asarray(p, np.float16) for u, p in policies.items()},
+                     compress=True)
+    write_manifest(staging, {"what": "one reward-sweep run, evaluated and measured "
+                                     "(devrl.diversity.make_digest)",
+                             "scale": scale, "eval": EVAL_SETTINGS[scale],
+                             "probe_sha256": probe_sha256(probe), "run": digest["run"]})
+    replace_dir(staging, out)
+    return digest
+
+
+def read_digest(folder, config: TrainConfig, probe: dict[str, np.ndarray], scale: str
+                ) -> dict[str, Any] | None:
+    """The digest in `folder` if it is one of `config`'s run on these probe states at these
+    evaluation settings; None if there is none or it is out of date (config, probe or settings
+    changed); a ConfigError if its files do not match its manifest."""
+    from devrl.analysis import EVAL_SETTINGS
+    from devrl.runs import check_verified
+
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        return None
+    manifest = check_verified(folder, "digest")
+    if (manifest.get("run", {}).get("config_hash") != config.config_hash()
+            or manifest.get("probe_sha256") != probe_sha256(probe)
+            or manifest.get("eval") != EVAL_SETTINGS[scale]):
+        return None
+    digest = {name: pd.read_parquet(folder / f"{name}.parquet") for name in DIGEST_TABLES}
+    with np.load(folder / "policies.npz") as data:
+        digest["policies"] = {int(key.split("_")[1]): data[key] for key in data.files}
+    digest["run"] = manifest["run"]
+    return digest
+
+
+def digest_finished(scale: str, runs_dir, control, progress=print) -> dict[str, str]:
+    """Digest every finished run of the reward sweep in `runs_dir` that has no up-to-date digest
+    in `digest_root(scale)`; leave unfinished runs alone. Returns {digest name: status}, status
+    one of digested, up to date, not finished."""
+    from devrl.sweep import run_dir_for, run_finished
+
+    probe = common_probe(control.path)
+    root = digest_root(scale)
+    status = {}
+    for _, config in study_spec(scale).configs():
+        name = digest_name(config)
+        if read_digest(root / name, config, probe, scale) is not None:
+            status[name] = "up to date"
+        elif run_finished(run_dir_for(runs_dir, config)):
+            progress(f"diversity: digesting {name}")
+            root.mkdir(parents=True, exist_ok=True)
+            make_digest(run_dir_for(runs_dir, config), config, probe, scale, root / name)
+            status[name] = "digested"
+        else:
+            status[name] = "not finished"
+    return status
+
+
 def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, progress=print
                  ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """Train the reward sweep into `runs_dir` (finished runs skipped, interrupted ones resumed),
-    evaluate and measure every run (cached in each run), measure the control data set `control`
-    (analysis.CraftaxData of the same scale), and return the tables and the manifest's extras."""
-    from devrl.analysis import EVAL_SETTINGS, bin_updates
-    from devrl.behaviour import evaluate_run, load_config, probe_table
+    """The study's tables from each run's digest (`digest_root(scale)`); runs without an
+    up-to-date digest are trained into `runs_dir` first (finished runs skipped, interrupted ones
+    resumed; runs that have a digest are not retrained) and digested. The control is the data set
+    `control` (analysis.CraftaxData of the same scale), measured here."""
+    from devrl.analysis import bin_updates
+    from devrl.behaviour import probe_table
     from devrl.config import config_from_dict
-    from devrl.runs import list_checkpoints, load_params, read_manifest, sha256_file
-    from devrl.sweep import SweepSpec, run_dir_for, run_sweep
+    from devrl.runs import sha256_file
+    from devrl.sweep import SweepSpec, run_dir_for, run_name, run_sweep
     from devrl.toys.evolution import jump_sweep
 
     settings = STUDY_SETTINGS[scale]
     spec = study_spec(scale)
     if seeds is not None:
         spec = SweepSpec(spec.scale, spec.grid, tuple(seeds))
-    if run_sweep(spec, runs_dir, show_progress=False) != 0:
-        raise RuntimeError(f"training did not complete; see devrl sweep status {runs_dir}")
     probe = common_probe(control.path)
+    root = digest_root(scale)
+    digests = {digest_name(c): read_digest(root / digest_name(c), c, probe, scale)
+               for _, c in spec.configs()}
+    missing = [c for _, c in spec.configs() if digests[digest_name(c)] is None]
+    if missing:
+        only = {run_name(c) for c in missing}
+        if run_sweep(spec, runs_dir, show_progress=False, only=only) != 0:
+            raise RuntimeError(f"training did not complete; see devrl sweep status {runs_dir}")
+        root.mkdir(parents=True, exist_ok=True)
+        for config in missing:
+            progress(f"diversity: digesting {digest_name(config)}")
+            digests[digest_name(config)] = make_digest(run_dir_for(runs_dir, config), config,
+                                                       probe, scale, root / digest_name(config))
     control_config = config_from_dict(control.manifest["runs"][0]["config"])
 
     episodes = [control.episodes.assign(
@@ -626,23 +772,12 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         network.append(table.assign(variant=CONTROL, seed=seed))
         policies[(CONTROL, seed)] = probs
     for _, config in spec.configs():
-        run_dir = run_dir_for(runs_dir, config)
-        progress(f"diversity: {config.reward} seed {config.seed} ({run_dir.parent.name})")
-        evaluate_run(run_dir, **EVAL_SETTINGS[scale], show_progress=False)
-        run_episodes = pd.read_parquet(run_dir / "behaviour" / "episodes.parquet")
-        episodes.append(run_episodes.assign(variant=config.reward))
-        checkpoints = [(u, lambda p=p: load_params(p)) for u, p in list_checkpoints(run_dir)]
-        table, probs = network_measures(config, checkpoints, probe, run_dir / "diversity")
-        network.append(table.assign(variant=config.reward, seed=config.seed))
-        policies[(config.reward, config.seed)] = probs
-        metrics = pd.read_parquet(run_dir / "metrics.parquet").assign(seed=config.seed)
-        training.append(bin_updates(metrics, list(TRAINING_COLUMNS), UPDATES_PER_BIN[scale])
-                        .assign(variant=config.reward))
-        manifest = read_manifest(run_dir)
-        runs.append({"variant": config.reward, "seed": config.seed,
-                     "config": load_config(run_dir).to_dict(),
-                     "config_hash": config.config_hash(), "complete": manifest["complete"],
-                     "env_steps_done": manifest["updates_done"] * config.steps_per_update})
+        digest = digests[digest_name(config)]
+        episodes.append(digest["episodes"])
+        training.append(digest["training"])
+        network.append(digest["network"])
+        policies[(config.reward, config.seed)] = digest["policies"]
+        runs.append({**digest["run"], "digest": digest_name(config)})
     for (variant, seed), probs in policies.items():
         for update, p in probs.items():
             rows = probe_table(np.asarray(p, np.float32), probe["context"])
@@ -673,11 +808,15 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         "made_by": f"devrl figure reward-variants -p scale {scale} -p recompute True",
         "sweep": spec.to_dict(), "settings": {**settings, "threshold": DISCOVERY_THRESHOLD,
                                               "bootstrap": BOOTSTRAP,
-                                              "eval": EVAL_SETTINGS[scale]},
+                                              "eval": _eval_settings(scale)},
         "control": {"data_set": control.path.name,
                     "manifest_sha256": sha256_file(control.path / "manifest.json"),
                     "network_checkpoints": sorted({u for c in control_checkpoints(control).values()
                                                    for u, _ in c})},
+        "digests": {"data_set": root.name,
+                    "manifest_sha256": {digest_name(c): sha256_file(root / digest_name(c)
+                                                                    / "manifest.json")
+                                        for _, c in spec.configs()}},
         "runs": control_runs + runs}
 
 

@@ -478,12 +478,18 @@ def start_ray(address: str | None, num_cpus: int | None):
 def run_sweep(spec: SweepSpec, sweep_dir: Path, address: str | None = None,
               threads_per_run: int = 1, runs_per_gpu: int = 1, num_cpus: int | None = None,
               stall_timeout: float = 900.0, max_restarts: int = 3, show_progress: bool = True,
-              poll_seconds: float = 2.0) -> int:
-    """Train every run of `spec` under `sweep_dir`: 0 when all are complete, else 1."""
+              poll_seconds: float = 2.0, only: set[str] | None = None) -> int:
+    """Train every run of `spec` under `sweep_dir` (with `only`, the runs of those names,
+    `run_name`): 0 when all of them are complete, else 1."""
     sweep_dir = Path(sweep_dir)
+    names = {run_name(config) for _, config in spec.configs()}
+    if only is not None and not set(only) <= names:
+        raise ConfigError(f"only={sorted(set(only) - names)} is not allowed: not runs of this "
+                          "sweep")
     runs = register(spec, sweep_dir)
     states = {r["name"]: RunState(r["name"], make_config(spec.scale, **r["grid"], seed=r["seed"]),
-                                  sweep_dir / r["name"]) for r in runs}
+                                  sweep_dir / r["name"]) for r in runs
+              if only is None or r["name"] in only}
     for state in states.values():
         if run_finished(state.run_dir):
             state.status = "done"
