@@ -31,10 +31,21 @@ REGIME_NOTEBOOKS = ["llc-regime"]
 MEMORY_NOTEBOOKS = ["memory-return", "memory-horizon", "memory-ablation", "memory-probes"]
 DIVERSITY_NOTEBOOKS = ["reward-variants", "diversity-over-training", "diversity-events",
                        "diversity-model"]
+LOCALISATION_NOTEBOOKS = ["layer-reversion", "update-localisation", "credit-by-reward"]
 # every notebook, published or not (the regime study reads the policy-LLC data, so it comes after)
 NOTEBOOKS = (CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS
-             + MEMORY_NOTEBOOKS + DIVERSITY_NOTEBOOKS)
+             + MEMORY_NOTEBOOKS + DIVERSITY_NOTEBOOKS + LOCALISATION_NOTEBOOKS
+             + ["toy-credit-routing"])
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
+# The data set (data/<name>-<scale>) each notebook reads.
+DATA_SETS = {**{n: "craftax" for n in CRAFTAX_NOTEBOOKS}, **{n: "llc" for n in LLC_NOTEBOOKS},
+             "llc-validation": "llc-validation", "toy-plant-overshoot": "toy-plant",
+             "toy-plant-fit": "toy-plant", "toy-lagoon": "toy-feedback",
+             "toy-fork": "toy-feedback", "llc-regime": "llc-regime",
+             **{n: "memory" for n in MEMORY_NOTEBOOKS},
+             **{n: "diversity" for n in DIVERSITY_NOTEBOOKS},
+             **{n: "localisation" for n in LOCALISATION_NOTEBOOKS},
+             "toy-credit-routing": "toy-credit"}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
 # it once its cpu-scale data is committed; `only_build_toc_files` leaves the others out).
 PUBLISHED = re.findall(r"file: notebooks/([\w-]+)", (ROOT / "_toc.yml").read_text())
@@ -135,8 +146,12 @@ def smoke_env(tmp_path_factory) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
+    """The first notebook of each data set recomputes it from scratch at the smoke scale (training
+    included); the others of the same data set rerun under papermill on what it made, so a data
+    set is built once per test session."""
     out = Path(smoke_env["DEVRL_FIGURES"]) / name
-    result = run_figure(name, "-p", "scale", "smoke", "-p", "recompute", "True",
+    made = (Path(smoke_env["DEVRL_DATA"]) / f"{DATA_SETS[name]}-smoke" / "manifest.json").exists()
+    result = run_figure(name, "-p", "scale", "smoke", "-p", "recompute", str(not made),
                         "-p", "seeds", "[0]", "--out", str(out), env=smoke_env)
     assert result.returncode == 0, result.stderr[-3000:]
     data = Path(smoke_env["DEVRL_DATA"]) / ("memory-smoke" if name in MEMORY_NOTEBOOKS
@@ -157,6 +172,14 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
             "default", "no_plant", "every_plant", "plant_x4"}
         assert all(run["config"].get("reward", "default") == run["variant"]
                    for run in div_manifest["runs"])
+    if name in LOCALISATION_NOTEBOOKS:
+        where = Path(smoke_env["DEVRL_DATA"]) / "localisation-smoke"
+        assert verify_manifest(where) == []
+        where_manifest = json.loads((where / "manifest.json").read_text())
+        assert [run["seed"] for run in where_manifest["runs"]] == [0]
+        assert where_manifest["control"]["data_set"] == "craftax-smoke"
+    if name == "toy-credit-routing":
+        assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "toy-credit-smoke") == []
     if name in LLC_NOTEBOOKS:
         llc = Path(smoke_env["DEVRL_DATA"]) / "llc-smoke"
         assert verify_manifest(llc) == []

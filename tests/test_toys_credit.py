@@ -64,3 +64,27 @@ def test_bad_routing_is_a_clear_error():
         cr.check_routing(1.5)
     with pytest.raises(ConfigError, match="how='both'"):
         cr.value_matrix(TASK, cr.init_params(TASK, jax.random.PRNGKey(0)), how="both")
+
+
+def test_routing_verdicts_judge_the_limits_on_constructed_values():
+    """Constructed value matrices: routed regions that value only their own source pass the
+    routed rule, and one region that also values another source fails it; shared regions that
+    value every source alike pass the shared rule, and a region that prefers its own fails it."""
+    import pandas as pd
+
+    def table(routing, matrix):
+        return pd.DataFrame([{"routing": routing, "seed": 0, "region": j, "source": k,
+                              "value": matrix[j][k]} for j in range(3) for k in range(3)])
+
+    routed, shared = np.eye(3) * 0.5, np.full((3, 3), 0.3)
+    runs = pd.DataFrame({"routing": [0.0, 1.0], "seed": [0, 0], "specialisation": [0.0, 1.0],
+                         "predicted": [0.0, 1.0]})
+    good = pd.concat([table(1.0, routed), table(0.0, shared)])
+    assert cr.routing_verdicts(good, runs) == {"routed": "held", "shared": "held"}
+    leaky, partial = routed.copy(), shared.copy()
+    leaky[0, 1], partial[2, 2] = 0.1, 0.6
+    bad = pd.concat([table(1.0, leaky), table(0.0, partial)])
+    assert cr.routing_verdicts(bad, runs) == {"routed": "did not hold", "shared": "did not hold"}
+    assert cr.routing_verdicts(table(1.0, routed), runs)["shared"] == "untested"
+    summary = cr.routing_summary(runs)
+    assert list(summary["routing"]) == [0.0, 1.0] and list(summary["seeds"]) == [1, 1]

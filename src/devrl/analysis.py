@@ -588,3 +588,75 @@ def diversity_data(scale: str = "cpu", seeds: list[int] | None = None,
               if "seed" in frame.columns else frame for name, frame in tables.items()}
     return DiversityData(scale=scale, seeds=chosen, path=folder, manifest=manifest,
                          tables=picked)
+
+
+@dataclass(frozen=True)
+class LocalisationData:
+    """Where training changes the actor (`data/localisation-<scale>/`, `devrl.localisation`)."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    references: pd.DataFrame  # per seed: the update of each reference checkpoint
+    reversion_probe: pd.DataFrame  # per seed, reference, target, layer subset, plant context
+    reversion_episodes: pd.DataFrame  # per seed, reference, target, layer subset: episode means
+    updates: pd.DataFrame  # per seed, checkpoint pair, layer, tolerance: update localisation
+    credit: pd.DataFrame  # per seed, checkpoint, layer, reward source: its part of the update
+    credit_alignment: pd.DataFrame  # per seed, checkpoint, layer, pair of sources: cosine
+
+
+def localisation_data(scale: str = "cpu", seeds: list[int] | None = None,
+                      recompute: bool = False) -> LocalisationData:
+    """The localisation study's data set (`seeds`, or every seed it holds); with `recompute`,
+    rebuild it from the exported checkpoints of `data/craftax-<scale>` (recomputed first if
+    absent)."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        from devrl import localisation
+
+        craftax = data_root() / f"craftax-{scale}"
+        if not (craftax / "manifest.json").exists():
+            craftax_data(scale, seeds, recompute=True)
+        return localisation.study_tables(scale, craftax_data(scale, seeds),
+                                         progress=lambda m: print(m, flush=True))
+
+    tables, manifest = table_set("localisation", scale, recompute, build)
+    folder = data_root() / f"localisation-{scale}"
+    chosen = choose_seeds(manifest, seeds, folder)
+    picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
+              for name, frame in tables.items()}
+    return LocalisationData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
+
+
+@dataclass(frozen=True)
+class ToyCreditData:
+    """The credit-routing toy's tables (`data/toy-credit-<scale>/`, `devrl.toys.credit`)."""
+
+    scale: str
+    path: Path
+    manifest: dict[str, Any]
+    values: pd.DataFrame  # per routing, seed, region, source: what the region values
+    runs: pd.DataFrame  # per routing and seed: specialisation index, its prediction, pursuit
+
+
+def toy_credit_data(scale: str = "cpu", recompute: bool = False) -> ToyCreditData:
+    """The credit-routing toy's data set; with `recompute`, rerun every toy run first."""
+    def build():
+        import dataclasses
+
+        from devrl.toys import credit
+
+        values, runs = credit.routing_table(scale)
+        return ({"values": values, "runs": runs}, {
+            "what": "credit-routing toy: REINFORCE on three reward sources with each source's "
+                    "credit routed to its own region of the network to a degree",
+            "made_by": f"devrl figure toy-credit-routing -p scale {scale} -p recompute True",
+            "settings": {**credit.CREDIT_SETTINGS[scale],
+                         "task": dataclasses.asdict(credit.CreditTask(
+                             updates=credit.CREDIT_SETTINGS[scale]["updates"]))}})
+
+    tables, manifest = table_set("toy-credit", scale, recompute, build)
+    return ToyCreditData(scale=scale, path=data_root() / f"toy-credit-{scale}",
+                         manifest=manifest, **tables)

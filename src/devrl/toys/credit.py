@@ -253,3 +253,40 @@ def routing_table(scale: str, task: CreditTask | None = None) -> tuple[pd.DataFr
                          "predicted": predicted_specialisation(routing, task.sources),
                          **{f"pursuit_{k}": float(p) for k, p in enumerate(intact)}})
     return pd.DataFrame(values), pd.DataFrame(runs)
+
+
+def routing_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per routing degree: mean and sd over seeds of the specialisation index, and the claim's
+    prediction."""
+    return runs.groupby("routing", as_index=False).agg(
+        specialisation=("specialisation", "mean"), specialisation_sd=("specialisation", "std"),
+        predicted=("predicted", "first"), seeds=("seed", "nunique"))
+
+
+OWN_VALUE, NO_VALUE = 0.2, 0.02  # the limits' rules: a clear own value; nothing beyond untrained
+
+
+def routing_verdicts(values: pd.DataFrame, runs: pd.DataFrame) -> dict[str, str]:
+    """The claim's two limits, judged on every seed: fully routed (ρ = 1), each region's value of
+    its own source above OWN_VALUE and of every other source below NO_VALUE; fully shared
+    (ρ = 0), no region values its own source more than the mean of the others (mean over seeds,
+    within 0.05), and the mean specialisation index within 0.15 of 0. "held", "did not hold",
+    "untested" (that limit was not run)."""
+    def word(ok) -> str:
+        return "untested" if ok is None else ("held" if ok else "did not hold")
+
+    routed = values[values["routing"] == 1.0]
+    shared = values[values["routing"] == 0.0]
+    own = (routed["region"] == routed["source"]).to_numpy()
+    value = routed["value"].to_numpy()
+    out = {"routed": word(None if routed.empty else bool(
+        (value[own] > OWN_VALUE).all() and (value[~own] < NO_VALUE).all()))}
+    if shared.empty:
+        out["shared"] = word(None)
+    else:
+        means = shared.groupby(["region", "source"])["value"].mean().unstack()
+        diagonal = np.diag(means.to_numpy())
+        others = (means.to_numpy().sum(1) - diagonal) / (len(diagonal) - 1)
+        index = runs.loc[runs["routing"] == 0.0, "specialisation"].mean()
+        out["shared"] = word(bool((diagonal - others < 0.05).all() and abs(index) < 0.15))
+    return out
