@@ -1,0 +1,85 @@
+"""Grokking modular addition: the task, the schedule's switch, the windowed correlation on
+constructed curves, learning on a tiny config, and determinism per seed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from devrl import grokking as gk
+from devrl.config import ConfigError
+
+
+def test_the_task_is_modular_addition_split_by_the_seed():
+    config = gk.make_grok_config("smoke")
+    data = gk.dataset(config)
+    x = np.concatenate([data["train_x"], data["val_x"]])
+    y = np.concatenate([data["train_y"], data["val_y"]])
+    assert len(x) == config.p ** 2 and len({tuple(r) for r in x}) == config.p ** 2
+    assert (y == (x[:, 0] + x[:, 1]) % config.p).all()
+    assert len(data["train_y"]) == round(config.train_fraction * config.p ** 2)
+    other = gk.dataset(gk.make_grok_config("smoke", seed=1))
+    assert not np.array_equal(other["train_x"], data["train_x"])
+
+
+@pytest.mark.parametrize("schedule", list(gk.SCHEDULES))
+def test_the_learning_rate_switches_at_the_stated_step(schedule):
+    config = gk.make_grok_config("smoke", schedule=schedule, switch_step=40)
+    rate = gk.learning_rate(config)
+    assert float(rate(0)) == pytest.approx(config.lr)
+    assert float(rate(39)) == pytest.approx(config.lr)
+    assert float(rate(40)) == pytest.approx(config.lr * gk.SCHEDULES[schedule])
+    assert float(rate(config.steps)) == pytest.approx(config.lr * gk.SCHEDULES[schedule])
+    assert {39, 40, 41} <= set(gk.checkpoint_steps(config))
+
+
+def test_windowed_correlation_on_constructed_curves():
+    t = np.linspace(0, 1, 30)
+    together = gk.windowed_correlation(t ** 2, 0.5 * t ** 2 + 0.1, 5)
+    assert np.isnan(together[:2]).all() and np.isnan(together[-2:]).all()
+    assert np.allclose(together[2:-2], 1.0)
+    apart = gk.windowed_correlation(t, 1 - t, 5)
+    assert np.allclose(apart[2:-2], -1.0)
+    flat = gk.windowed_correlation(np.ones(30), t, 5)  # memorised: training accuracy stays at 1
+    assert np.isnan(flat).all()
+    memorise_then_together = np.where(t < 0.5, 1.0, t), t  # flat first half, then together
+    corr = gk.windowed_correlation(*memorise_then_together, 5)
+    assert np.isnan(corr[5:10]).all() and np.allclose(corr[20:-2], 1.0)
+    with pytest.raises(ConfigError, match="window=2"):
+        gk.windowed_correlation(t, t, 2)
+
+
+def test_summary_reads_the_generalisation_step_and_correlations():
+    steps = np.arange(0, 200, 10)
+    metrics = pd.DataFrame({"schedule": "x10", "seed": 0, "step": steps,
+                            "train_acc": np.where(steps < 100, 1.0, steps / 200),
+                            "val_acc": steps / 200})
+    llc = pd.DataFrame({"schedule": "x10", "seed": 0, "step": [0, 190], "llc": [5.0, 2.0]})
+    row = gk.summary_table(metrics, llc, switch_step=100, window=5).iloc[0]
+    assert math.isnan(row["val_generalised_step"])  # 0.95 is never reached
+    assert row["train_fitted_step"] == 0 and row["final_llc"] == 2.0
+    assert math.isnan(row["corr_before"]) and row["corr_after"] == pytest.approx(1.0)
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ConfigError, match="schedule='x3' is not allowed: must be one of base"):
+        gk.make_grok_config("smoke", schedule="x3")
+    with pytest.raises(ConfigError, match="scale='big'"):
+        gk.make_grok_config("big")
+    with pytest.raises(ConfigError, match="switch_step=999"):
+        gk.make_grok_config("smoke", switch_step=999)
+    with pytest.raises(ConfigError, match="momentum= is not allowed"):
+        gk.make_grok_config("smoke", momentum=0.9)
+
+
+def test_training_is_deterministic_per_seed():
+    config = gk.make_grok_config("smoke", steps=60, log_every=20, checkpoints=4)
+    a, ka = gk.train(config)
+    b, kb = gk.train(config)
+    pd.testing.assert_frame_equal(a, b)
+    assert all(np.array_equal(ka[s]["w1"], kb[s]["w1"]) for s in ka)
+    c, _ = gk.train(gk.make_grok_config("smoke", steps=60, log_every=20, checkpoints=4, seed=1))
+    assert not a.equals(c)
