@@ -55,8 +55,8 @@ def test_windowed_correlation_on_constructed_curves():
 def test_summary_reads_the_generalisation_step_and_correlations():
     steps = np.arange(0, 200, 10)
     metrics = pd.DataFrame({"schedule": "x10", "seed": 0, "step": steps,
-                            "train_acc": np.where(steps < 100, 1.0, steps / 200),
-                            "val_acc": steps / 200})
+                            "train_acc": np.where(steps < 100, 1.0, steps / 250),
+                            "val_acc": steps / 250})
     llc = pd.DataFrame({"schedule": "x10", "seed": 0, "step": [0, 190], "llc": [5.0, 2.0]})
     row = gk.summary_table(metrics, llc, switch_step=100, window=5).iloc[0]
     assert math.isnan(row["val_generalised_step"])  # 0.95 is never reached
@@ -76,10 +76,11 @@ def test_bad_settings_are_clear_errors():
 
 
 def test_training_is_deterministic_per_seed():
-    config = gk.make_grok_config("smoke", steps=60, log_every=20, checkpoints=4)
+    config = gk.make_grok_config("smoke", steps=60, switch_step=30, log_every=20, checkpoints=4)
     a, ka = gk.train(config)
     b, kb = gk.train(config)
     pd.testing.assert_frame_equal(a, b)
     assert all(np.array_equal(ka[s]["w1"], kb[s]["w1"]) for s in ka)
-    c, _ = gk.train(gk.make_grok_config("smoke", steps=60, log_every=20, checkpoints=4, seed=1))
+    c, _ = gk.train(gk.make_grok_config("smoke", steps=60, switch_step=30, log_every=20,
+                                        checkpoints=4, seed=1))
     assert not a.equals(c)

@@ -660,3 +660,39 @@ def toy_credit_data(scale: str = "cpu", recompute: bool = False) -> ToyCreditDat
     tables, manifest = table_set("toy-credit", scale, recompute, build)
     return ToyCreditData(scale=scale, path=data_root() / f"toy-credit-{scale}",
                          manifest=manifest, **tables)
+
+
+@dataclass(frozen=True)
+class GrokkingData:
+    """The grokking study's tables (`data/grokking-<scale>/`, `devrl.grokking`)."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    metrics: pd.DataFrame  # per schedule, seed, logged step: losses and accuracies
+    llc: pd.DataFrame  # per schedule, seed, kept step: λ̂ and its diagnostics
+    regime_estimates: pd.DataFrame  # the regime study that chose the sampler's settings
+    regime_verdicts: pd.DataFrame
+    ed_scores: pd.DataFrame  # per schedule, seed, kept step, component: PC scores
+    ed_turns: pd.DataFrame  # per schedule, seed: turns against the random-walk null
+    ed_explained: pd.DataFrame  # per schedule, seed, component: variance share
+
+
+def grokking_data(scale: str = "cpu", seeds: list[int] | None = None,
+                  recompute: bool = False) -> GrokkingData:
+    """The grokking data set (`seeds`, or every seed it holds); with `recompute`, train every
+    schedule × seed and measure it first (`devrl.grokking.study_tables`)."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        from devrl import grokking
+
+        return grokking.study_tables(scale, seeds, progress=lambda m: print(m, flush=True))
+
+    tables, manifest = table_set("grokking", scale, recompute, build)
+    folder = data_root() / f"grokking-{scale}"
+    chosen = choose_seeds(manifest, seeds, folder)
+    picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
+              if "seed" in frame.columns else frame for name, frame in tables.items()}
+    return GrokkingData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)

@@ -345,12 +345,13 @@ def study_tables(scale: str, seeds: list[int] | None = None, progress=print
                          .assign(schedule=schedule, seed=seed))
         turns = dynamics.turns_frame(ed)
         null = dynamics.simulated_null(steps, num_walks=NULL_WALKS[scale],
-                                       drift_share=float(ed.pca.explained[0]), seed=seed)
+                                       drift_share=float(ed.pca.explained_variance_ratio[0]),
+                                       seed=seed)
         ed_turns.append(dynamics.compare_turns(turns, null).rename(
             columns={"env_steps": "step"}).assign(schedule=schedule, seed=seed))
+        shares = ed.pca.explained_variance_ratio
         ed_null.append(pd.DataFrame({"schedule": schedule, "seed": seed,
-                                     "component": np.arange(len(ed.pca.explained)),
-                                     "explained": ed.pca.explained}))
+                                     "component": np.arange(len(shares)), "explained": shares}))
     tables = {"metrics": metrics, "llc": pd.DataFrame(llc_rows),
               "regime_estimates": estimates.drop(columns=["chain_llcs"], errors="ignore"),
               "regime_verdicts": verdict, "ed_scores": pd.concat(ed_scores, ignore_index=True),
@@ -376,14 +377,18 @@ def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
-def correlation_table(metrics: pd.DataFrame, window: int = CORRELATION_WINDOW) -> pd.DataFrame:
-    """Per schedule, seed and logged step: the windowed train/validation accuracy correlation."""
+def correlation_table(metrics: pd.DataFrame, switch_step: int,
+                      window: int = CORRELATION_WINDOW) -> pd.DataFrame:
+    """Per schedule, seed and logged step: the windowed train/validation accuracy correlation,
+    with windows inside the segments before and from the switch step (none straddles it)."""
     frames = []
     for (schedule, seed), run in metrics.groupby(["schedule", "seed"]):
         run = run.sort_values("step")
-        frames.append(pd.DataFrame({"schedule": schedule, "seed": seed, "step": run["step"],
-                                    "corr": windowed_correlation(run["train_acc"],
-                                                                 run["val_acc"], window)}))
+        for part in (run[run["step"] < switch_step], run[run["step"] >= switch_step]):
+            corr = (windowed_correlation(part["train_acc"], part["val_acc"], window)
+                    if len(part) >= window else np.full(len(part), np.nan))
+            frames.append(pd.DataFrame({"schedule": schedule, "seed": seed,
+                                        "step": part["step"].to_numpy(), "corr": corr}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -391,8 +396,9 @@ def summary_table(metrics: pd.DataFrame, llc: pd.DataFrame, switch_step: int,
                   window: int = CORRELATION_WINDOW) -> pd.DataFrame:
     """Per schedule and seed: the first logged step with validation (and training) accuracy at
     least GENERALISED (NaN: never), the mean windowed train/validation accuracy correlation
-    before the switch step and from it on, the final accuracies and the final λ̂."""
-    corr = correlation_table(metrics, window)
+    before the switch step and from it on (windows inside each segment, so none straddles the
+    switch), the final accuracies and the final λ̂."""
+    corr = correlation_table(metrics, switch_step, window)
     rows = []
     for (schedule, seed), run in metrics.groupby(["schedule", "seed"]):
         run = run.sort_values("step")
@@ -408,3 +414,101 @@ def summary_table(metrics: pd.DataFrame, llc: pd.DataFrame, switch_step: int,
     last = llc.sort_values("step").groupby(["schedule", "seed"]).tail(1)
     return out.merge(last[["schedule", "seed", "llc"]].rename(columns={"llc": "final_llc"}),
                      on=["schedule", "seed"], how="left")
+
+
+def verdicts(metrics: pd.DataFrame, llc: pd.DataFrame, turns: pd.DataFrame,
+             switch_step: int) -> dict[str, str]:
+    """The predictions of book/grokking.md, each judged by its stated rule: "held", "did not
+    hold" or "untested" (a schedule it needs is missing)."""
+    def word(ok) -> str:
+        return "untested" if ok is None else ("held" if ok else "did not hold")
+
+    summary = summary_table(metrics, llc, switch_step)
+    have = set(summary["schedule"])
+    by = summary.groupby("schedule")
+    out = {}
+    # 1. base: train ≥ 95% before half the validation step, and validation reaches 95%.
+    base = summary[summary["schedule"] == "base"]
+    out["p1"] = word(None if base.empty else bool(
+        base["val_generalised_step"].notna().all()
+        and (base["train_fitted_step"] < base["val_generalised_step"] / 2).all()))
+    # 2. x10 and x50: training accuracy falls by > 0.1 within 500 steps of the switch, and the
+    # mean windowed correlation from the switch on exceeds the base schedule's.
+    if {"base", "x10", "x50"} <= have:
+        falls = []
+        for (schedule, seed), run in metrics[metrics["schedule"].isin(["x10", "x50"])].groupby(
+                ["schedule", "seed"]):
+            at = run.loc[run["step"] <= switch_step].sort_values("step")["train_acc"].iloc[-1]
+            after = run.loc[(run["step"] > switch_step) & (run["step"] <= switch_step + 500),
+                            "train_acc"]
+            falls.append(bool(len(after) and after.min() < at - 0.1))
+        corr = by["corr_after"].mean()
+        out["p2"] = word(bool(all(falls) and corr["x10"] > corr["base"]
+                              and corr["x50"] > corr["base"]))
+    else:
+        out["p2"] = word(None)
+    # 3. x50 earlier than base (mean; a run that never generalises counts as never); x10 later
+    # than x50 or never in at least one seed.
+    if {"base", "x10", "x50"} <= have:
+        steps = summary.assign(when=summary["val_generalised_step"].fillna(np.inf))
+        mean = steps.groupby("schedule")["when"].mean()
+        never_x10 = bool(summary.loc[summary["schedule"] == "x10",
+                                     "val_generalised_step"].isna().any())
+        out["p3"] = word(bool(mean["x50"] < mean["base"]
+                              and (never_x10 or mean["x10"] > mean["x50"])))
+    else:
+        out["p3"] = word(None)
+    # 4. base: λ̂ peaks before the 95% validation step and ends below its peak; runs that
+    # generalised end with a lower λ̂ than runs that did not (when both kinds exist).
+    ok = None
+    if not base.empty and len(llc):
+        ok = True
+        for seed, row in base.set_index("seed").iterrows():
+            run = llc[(llc["schedule"] == "base") & (llc["seed"] == seed)].sort_values("step")
+            if run["llc"].isna().all() or np.isnan(row["val_generalised_step"]):
+                ok = False
+                continue
+            peak = run.loc[run["llc"].idxmax()]
+            ok &= bool(peak["step"] < row["val_generalised_step"]
+                       and run["llc"].iloc[-1] < peak["llc"])
+        done = summary["val_generalised_step"].notna()
+        if done.any() and (~done).any():
+            ok &= bool(summary.loc[done, "final_llc"].mean()
+                       < summary.loc[~done, "final_llc"].mean())
+    out["p4"] = word(ok)
+    # 5. x10 and x50: |λ̂ change| from the last kept step before the switch to the first kept
+    # step ≥ switch + 100 exceeds the base schedule's over the same steps, in every seed.
+    if {"base", "x10", "x50"} <= have and len(llc):
+        def change(schedule, seed):
+            run = llc[(llc["schedule"] == schedule) & (llc["seed"] == seed)].set_index("step")
+            before = run.index[run.index < switch_step].max()
+            later = run.index[run.index >= switch_step + 100]
+            if not len(later) or np.isnan(before):
+                return np.nan, None
+            after = later.min()
+            return abs(run.loc[after, "llc"] - run.loc[before, "llc"]), (before, after)
+
+        marks = []
+        for schedule in ("x10", "x50"):
+            for seed in sorted(set(llc.loc[llc["schedule"] == schedule, "seed"])):
+                size, _ = change(schedule, seed)
+                base_size, _ = change("base", seed)
+                marks.append(bool(size > base_size))
+        out["p5"] = word(bool(marks and all(marks)))
+    else:
+        out["p5"] = word(None)
+    # 6. a turn of PC1 or PC2 within 0.15 decades of the switch (x10, x50) or of the base's 95%
+    # validation step, in every seed.
+    if len(turns) and {"base", "x10", "x50"} <= have:
+        hits = []
+        for (schedule, seed), run in turns[turns["component"] <= 1].groupby(["schedule", "seed"]):
+            target = switch_step if schedule != "base" else summary.loc[
+                (summary["schedule"] == "base") & (summary["seed"] == seed),
+                "val_generalised_step"].iloc[0]
+            hits.append(bool(np.isfinite(target) and target > 0 and (
+                (np.log10(run["step"].clip(lower=1)) - np.log10(target)).abs() <= 0.15).any()))
+        runs = summary.groupby(["schedule", "seed"]).ngroups
+        out["p6"] = word(bool(len(hits) == runs and all(hits)))
+    else:
+        out["p6"] = word(None)
+    return out
