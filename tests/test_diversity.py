@@ -211,3 +211,14 @@ def test_leaving_the_discovered_achievement_out_removes_its_own_contribution():
     assert set(others["achievement"]) == {"new"}
     jump = others.set_index("update")["d1_others"]
     assert abs(jump[6] - jump[5]) < 0.5
+
+
+def test_jsd_states_are_a_fixed_stratified_sample_of_the_probe():
+    contexts = np.repeat([0, 1, 2], [500, 40, 700])
+    probe = {"context": contexts, "obs": np.zeros((len(contexts), 1))}
+    picked = dv.jsd_states(probe, size=300)
+    assert np.array_equal(picked, dv.jsd_states(probe, size=300))  # fixed
+    assert np.all(np.diff(picked) > 0)  # sorted, distinct
+    counts = np.bincount(contexts[picked], minlength=3)
+    assert list(counts) == [100, 40, 100]  # an equal share, or all a context has
+    assert len(dv.jsd_states(probe, size=10_000)) == len(contexts)

@@ -610,10 +610,43 @@ def probe_sha256(probe: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+JSD_STATES = 1024  # probe states (stratified by plant context) on which policies are compared
+JSD_SEED = 3_301
+
+
+def jsd_states(probe: dict[str, np.ndarray], size: int = JSD_STATES) -> np.ndarray:
+    """Indices of a fixed sample of `size` probe states, as equal a share of each plant context
+    as the probe holds (sorted): the states on which agents' policies are compared (JSD). The
+    mean JSD over ~10^3 states has a sampling error far below the differences it measures, and
+    keeping the policies on all probe states would make each run's digest four times larger."""
+    contexts = np.asarray(probe["context"])
+    rng = np.random.default_rng(JSD_SEED)
+    groups = [np.flatnonzero(contexts == c) for c in np.unique(contexts)]
+    share, chosen = size // max(len(groups), 1), []
+    for group in groups:
+        chosen.append(rng.choice(group, min(share, len(group)), replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
 # A run's digest: everything the study reads from one trained run, compact enough to commit
 # (data/reward-runs-<scale>/<reward>-seed_<N>/), so that a finished run is measured once and the
 # study survives the loss of the runs folder. Each digest has its own manifest.
-DIGEST_TABLES = ("episodes", "training", "network")
+DIGEST_TABLES = ("episodes", "training", "network", "probe_policy")
+
+
+def probe_policy_rows(policies: dict[int, np.ndarray], probe: dict[str, np.ndarray],
+                      variant: str, seed: int) -> pd.DataFrame:
+    """`behaviour.probe_table` of every checkpoint's policy on the probe states."""
+    from devrl.behaviour import probe_table
+
+    rows = []
+    for update, p in policies.items():
+        table = probe_table(np.asarray(p, np.float32), probe["context"])
+        table.insert(0, "update", update)
+        table.insert(0, "seed", seed)
+        table.insert(0, "variant", variant)
+        rows.append(table)
+    return pd.concat(rows, ignore_index=True)
 
 
 def digest_root(scale: str):
@@ -657,7 +690,8 @@ def make_digest(run_dir, config: TrainConfig, probe: dict[str, np.ndarray], scal
         "training": bin_updates(metrics, list(TRAINING_COLUMNS), UPDATES_PER_BIN[scale]).assign(
             variant=config.reward),
         "network": network.assign(variant=config.reward, seed=config.seed),
-        "policies": policies,
+        "probe_policy": probe_policy_rows(policies, probe, config.reward, config.seed),
+        "policies": {u: np.asarray(p)[jsd_states(probe)] for u, p in policies.items()},
         "run": {"variant": config.reward, "seed": config.seed, "config": config.to_dict(),
                 "config_hash": config.config_hash(), "complete": True,
                 "env_steps_done": manifest["updates_done"] * config.steps_per_update,
@@ -670,12 +704,15 @@ def make_digest(run_dir, config: TrainConfig, probe: dict[str, np.ndarray], scal
     for name in DIGEST_TABLES:
         atomic_write_parquet(staging / f"{name}.parquet", digest[name])
     atomic_write_npz(staging / "policies.npz",
-                     {f"update_{u:06d}": np.asarray(p, np.float16) for u, p in policies.items()},
+                     {f"update_{u:06d}": np.asarray(p, np.float16)
+                      for u, p in digest["policies"].items()},
                      compress=True)
     write_manifest(staging, {"what": "one reward-sweep run, evaluated and measured "
                                      "(devrl.diversity.make_digest)",
                              "scale": scale, "eval": EVAL_SETTINGS[scale],
-                             "probe_sha256": probe_sha256(probe), "run": digest["run"]})
+                             "probe_sha256": probe_sha256(probe),
+                             "jsd_states": {"size": JSD_STATES, "seed": JSD_SEED},
+                             "run": digest["run"]})
     replace_dir(staging, out)
     return digest
 
@@ -694,7 +731,8 @@ def read_digest(folder, config: TrainConfig, probe: dict[str, np.ndarray], scale
     manifest = check_verified(folder, "digest")
     if (manifest.get("run", {}).get("config_hash") != config.config_hash()
             or manifest.get("probe_sha256") != probe_sha256(probe)
-            or manifest.get("eval") != EVAL_SETTINGS[scale]):
+            or manifest.get("eval") != EVAL_SETTINGS[scale]
+            or manifest.get("jsd_states") != {"size": JSD_STATES, "seed": JSD_SEED}):
         return None
     digest = {name: pd.read_parquet(folder / f"{name}.parquet") for name in DIGEST_TABLES}
     with np.load(folder / "policies.npz") as data:
@@ -733,7 +771,6 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     resumed; runs that have a digest are not retrained) and digested. The control is the data set
     `control` (analysis.CraftaxData of the same scale), measured here."""
     from devrl.analysis import bin_updates
-    from devrl.behaviour import probe_table
     from devrl.config import config_from_dict
     from devrl.runs import sha256_file
     from devrl.sweep import SweepSpec, run_dir_for, run_name, run_sweep
@@ -766,25 +803,21 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         "default_return", control.metrics["episode_return"])), list(TRAINING_COLUMNS),
         UPDATES_PER_BIN[scale]).assign(variant=CONTROL)]
     network, policies, probe_rows, runs = [], {}, [], []
+    subset = jsd_states(probe)
     for seed, checkpoints in control_checkpoints(control).items():
         progress(f"diversity: control seed {seed}")
         table, probs = network_measures(control_config, checkpoints, probe)
         network.append(table.assign(variant=CONTROL, seed=seed))
-        policies[(CONTROL, seed)] = probs
+        probe_rows.append(probe_policy_rows(probs, probe, CONTROL, seed))
+        policies[(CONTROL, seed)] = {u: np.asarray(p)[subset] for u, p in probs.items()}
     for _, config in spec.configs():
         digest = digests[digest_name(config)]
         episodes.append(digest["episodes"])
         training.append(digest["training"])
         network.append(digest["network"])
+        probe_rows.append(digest["probe_policy"])
         policies[(config.reward, config.seed)] = digest["policies"]
         runs.append({**digest["run"], "digest": digest_name(config)})
-    for (variant, seed), probs in policies.items():
-        for update, p in probs.items():
-            rows = probe_table(np.asarray(p, np.float32), probe["context"])
-            rows.insert(0, "update", update)
-            rows.insert(0, "seed", seed)
-            rows.insert(0, "variant", variant)
-            probe_rows.append(rows)
     episodes = pd.concat(episodes, ignore_index=True)
     checkpoints = checkpoint_table(episodes)
     network = pd.concat(network, ignore_index=True)
@@ -808,7 +841,9 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         "made_by": f"devrl figure reward-variants -p scale {scale} -p recompute True",
         "sweep": spec.to_dict(), "settings": {**settings, "threshold": DISCOVERY_THRESHOLD,
                                               "bootstrap": BOOTSTRAP,
-                                              "eval": _eval_settings(scale)},
+                                              "eval": _eval_settings(scale),
+                                              "jsd_states": {"size": JSD_STATES,
+                                                             "seed": JSD_SEED}},
         "control": {"data_set": control.path.name,
                     "manifest_sha256": sha256_file(control.path / "manifest.json"),
                     "network_checkpoints": sorted({u for c in control_checkpoints(control).values()
