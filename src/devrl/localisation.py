@@ -515,14 +515,16 @@ def reversion_moves(episodes: pd.DataFrame) -> pd.DataFrame:
 
 def move_summary(episodes: pd.DataFrame, measure: str = "place_attempt_share") -> pd.DataFrame:
     """Per reference, target and subset: mean and sd over seeds of the change of `measure` and
-    of its size, and `rank` (1 = the subset that moves it most at that reference and target,
-    among the subsets of the same number of layers)."""
+    of its size, the seeds averaged, the reference's update in each (`reference_updates`), and
+    `rank` (1 = the subset that moves it most at that reference and target, among the subsets of
+    the same number of layers)."""
     moves = reversion_moves(episodes)
     moves["size"] = moves[f"d_{measure}"].abs()
-    keys = ["reference", "reference_update", "target", "subset", "layers_reverted"]
-    out = moves.groupby(keys).agg(change=(f"d_{measure}", "mean"),
+    keys = ["reference", "target", "subset", "layers_reverted"]  # a reference's update may
+    out = moves.groupby(keys).agg(change=(f"d_{measure}", "mean"),  # differ between seeds
                                   change_sd=(f"d_{measure}", "std"), size=("size", "mean"),
-                                  seeds=("seed", "nunique")).reset_index()
+                                  seeds=("seed", "nunique"),
+                                  reference_updates=("reference_update", _updates)).reset_index()
     out["rank"] = out.groupby(["reference", "target", "layers_reverted"])["size"].rank(
         ascending=False, method="min")
     return out
@@ -532,10 +534,16 @@ def probe_summary(probe: pd.DataFrame) -> pd.DataFrame:
     """Per reference, target, subset and context: mean over seeds of KL(target || reverted) and
     of the change of P(PLACE_PLANT)."""
     frame = probe.assign(d_p_place_plant=probe["p_place_plant"] - probe["p_place_plant_target"])
-    keys = ["reference", "reference_update", "target", "subset", "layers_reverted", "context"]
+    keys = ["reference", "target", "subset", "layers_reverted", "context"]
     return frame.groupby(keys).agg(kl=("kl", "mean"), kl_sd=("kl", "std"),
                                    d_p_place_plant=("d_p_place_plant", "mean"),
-                                   seeds=("seed", "nunique")).reset_index()
+                                   seeds=("seed", "nunique"),
+                                   reference_updates=("reference_update", _updates)).reset_index()
+
+
+def _updates(values: pd.Series) -> str:
+    """The distinct updates of a reference over seeds, e.g. "1" or "1/3"."""
+    return "/".join(str(int(u)) for u in sorted(set(values)))
 
 
 def changed_summary(updates: pd.DataFrame, kind: str = "consecutive") -> pd.DataFrame:
