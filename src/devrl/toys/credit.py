@@ -290,3 +290,14 @@ def routing_verdicts(values: pd.DataFrame, runs: pd.DataFrame) -> dict[str, str]
         index = runs.loc[runs["routing"] == 0.0, "specialisation"].mean()
         out["shared"] = word(bool((diagonal - others < 0.05).all() and abs(index) < 0.15))
     return out
+
+
+def routed_limit_values(values: pd.DataFrame) -> dict[str, float]:
+    """At ρ = 1: the smallest own-source value of any region and seed, the largest value of any
+    other source, and how many (region, seed) pairs pass the routed rule's OWN_VALUE."""
+    routed = values[values["routing"] == 1.0]
+    own = routed[routed["region"] == routed["source"]]
+    off = routed[routed["region"] != routed["source"]]
+    return {"min_own": float(own["value"].min()), "max_other": float(off["value"].max()),
+            "own_passing": int((own["value"] > OWN_VALUE).sum()), "own_total": int(len(own)),
+            "own_value_rule": OWN_VALUE, "no_value_rule": NO_VALUE}
