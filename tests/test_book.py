@@ -233,9 +233,12 @@ def test_diversity_study_rebuilds_from_its_digests_without_the_runs(smoke_env, t
     monkeypatch.setenv("DEVRL_RUNS", smoke_env["DEVRL_RUNS"])
     before = analysis.diversity_data("smoke", [0], recompute=True)  # trains only if needed
     digests = data / "reward-runs-smoke"
-    assert sorted(p.name for p in digests.iterdir()) == [
+    assert sorted(p.name for p in digests.iterdir() if p.is_dir()) == [
         "every_plant-seed_0", "no_plant-seed_0", "plant_x4-seed_0"]
-    assert all(verify_manifest(p) == [] for p in digests.iterdir())
+    assert all(verify_manifest(p) == [] for p in digests.iterdir() if p.is_dir())
+    assert verify_manifest(digests) == []  # the index of the digests
+    assert sorted(json.loads((digests / "manifest.json").read_text())["digests"]) == [
+        "every_plant-seed_0", "no_plant-seed_0", "plant_x4-seed_0"]
 
     def no_training(*args, **kwargs):
         raise AssertionError("the study retrained a run that has a digest")

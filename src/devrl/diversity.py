@@ -741,6 +741,20 @@ def read_digest(folder, config: TrainConfig, probe: dict[str, np.ndarray], scale
     return digest
 
 
+def write_digest_index(root) -> None:
+    """The digests folder's own manifest: every digest and its manifest's checksum (each digest
+    is checked against its own manifest; the index says which digests the folder holds)."""
+    from devrl.runs import sha256_file, write_manifest
+
+    root = Path(root)
+    names = sorted(p.name for p in root.iterdir()
+                   if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists())
+    write_manifest(root, {"what": "digests of finished reward-sweep runs "
+                                  "(devrl.diversity.make_digest), one folder each",
+                          "digests": {n: sha256_file(root / n / "manifest.json") for n in names}},
+                   exclude=tuple(f"{n}/" for n in names))
+
+
 def digest_finished(scale: str, runs_dir, control, progress=print) -> dict[str, str]:
     """Digest every finished run of the reward sweep in `runs_dir` that has no up-to-date digest
     in `digest_root(scale)`; leave unfinished runs alone. Returns {digest name: status}, status
@@ -761,6 +775,8 @@ def digest_finished(scale: str, runs_dir, control, progress=print) -> dict[str, 
             status[name] = "digested"
         else:
             status[name] = "not finished"
+    if root.exists():
+        write_digest_index(root)
     return status
 
 
@@ -794,6 +810,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
             progress(f"diversity: digesting {digest_name(config)}")
             digests[digest_name(config)] = make_digest(run_dir_for(runs_dir, config), config,
                                                        probe, scale, root / digest_name(config))
+        write_digest_index(root)
     control_config = config_from_dict(control.manifest["runs"][0]["config"])
 
     episodes = [control.episodes.assign(
