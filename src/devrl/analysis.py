@@ -366,6 +366,20 @@ def table_set(name: str, scale: str, recompute: bool,
             manifest)
 
 
+def seeded_table_set(name: str, scale: str, seeds: list[int] | None, recompute: bool,
+                     build: Callable[[], tuple[dict[str, pd.DataFrame], dict[str, Any]]]
+                     ) -> tuple[dict[str, pd.DataFrame], dict[str, Any], Path, list[int]]:
+    """`table_set` of a data set whose manifest lists runs by seed: its tables restricted to the
+    chosen seeds (`seeds`, or every seed it holds; tables without a seed column whole), the
+    manifest, the folder and the chosen seeds."""
+    tables, manifest = table_set(name, scale, recompute, build)
+    folder = data_root() / f"{name}-{scale}"
+    chosen = choose_seeds(manifest, seeds, folder)
+    picked = {t: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
+              if "seed" in frame.columns else frame for t, frame in tables.items()}
+    return picked, manifest, folder, chosen
+
+
 def validation_data(scale: str = "cpu", recompute: bool = False) -> tuple[pd.DataFrame, dict]:
     """The known-answer suite of the LLC estimator (`data/llc-validation-<scale>/`) and manifest.
 
@@ -529,11 +543,8 @@ def memory_data(scale: str = "cpu", seeds: list[int] | None = None,
         return memory.study_tables(scale, runs_root() / f"memory-{scale}", seeds,
                                    progress=lambda message: print(message, flush=True))
 
-    tables, manifest = table_set("memory", scale, recompute, build)
-    folder = data_root() / f"memory-{scale}"
-    chosen = choose_seeds(manifest, seeds, folder)
-    picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
-              for name, frame in tables.items()}
+    picked, manifest, folder, chosen = seeded_table_set(
+        "memory", scale, seeds, recompute, build)
     return MemoryData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
 
 
@@ -581,11 +592,8 @@ def diversity_data(scale: str = "cpu", seeds: list[int] | None = None,
         return diversity.study_tables(scale, runs_root() / f"reward-{scale}", control, seeds,
                                       progress=lambda message: print(message, flush=True))
 
-    tables, manifest = table_set("diversity", scale, recompute, build)
-    folder = data_root() / f"diversity-{scale}"
-    chosen = choose_seeds(manifest, seeds, folder)
-    picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
-              if "seed" in frame.columns else frame for name, frame in tables.items()}
+    picked, manifest, folder, chosen = seeded_table_set(
+        "diversity", scale, seeds, recompute, build)
     return DiversityData(scale=scale, seeds=chosen, path=folder, manifest=manifest,
                          tables=picked)
 
@@ -622,11 +630,8 @@ def localisation_data(scale: str = "cpu", seeds: list[int] | None = None,
         return localisation.study_tables(scale, craftax_data(scale, seeds),
                                          progress=lambda m: print(m, flush=True))
 
-    tables, manifest = table_set("localisation", scale, recompute, build)
-    folder = data_root() / f"localisation-{scale}"
-    chosen = choose_seeds(manifest, seeds, folder)
-    picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
-              for name, frame in tables.items()}
+    picked, manifest, folder, chosen = seeded_table_set(
+        "localisation", scale, seeds, recompute, build)
     return LocalisationData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
 
 
@@ -690,9 +695,6 @@ def grokking_data(scale: str = "cpu", seeds: list[int] | None = None,
 
         return grokking.study_tables(scale, seeds, progress=lambda m: print(m, flush=True))
 
-    tables, manifest = table_set("grokking", scale, recompute, build)
-    folder = data_root() / f"grokking-{scale}"
-    chosen = choose_seeds(manifest, seeds, folder)
-    picked = {name: frame[frame["seed"].isin(chosen)].reset_index(drop=True)
-              if "seed" in frame.columns else frame for name, frame in tables.items()}
+    picked, manifest, folder, chosen = seeded_table_set(
+        "grokking", scale, seeds, recompute, build)
     return GrokkingData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
