@@ -132,3 +132,91 @@ def test_resume_loads_the_state_by_tree_path(tmp_path):
     with pytest.raises(ConfigError, match=r"not saved: \.policy"):
         runs.load_runner(path, Renamed(np.zeros((2, 2), np.float32),
                                        np.zeros((2, 2), np.float32)))
+
+
+# ---------------------------------------------------------------- provenance
+def _git(cwd, *args):
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def clone(tmp_path):
+    """A clone of this repository at its HEAD, with a clean work tree."""
+    top = runs.repository_of()
+    if top is None:
+        pytest.skip("the package does not run from a git work tree")
+    target = tmp_path / "clone"
+    _git(tmp_path, "clone", "--quiet", "--local", str(top), str(target))
+    return target
+
+
+def test_git_commit_marks_a_modified_tracked_file_as_dirty(clone):
+    package = clone / "src" / "devrl"
+    head = _git(clone, "rev-parse", "HEAD")
+    assert runs.git_commit(package) == head
+    (clone / "data" / "note.txt").write_text("data are not code")  # outside the source paths
+    assert runs.git_commit(package) == head
+    module = package / "config.py"
+    module.write_text(module.read_text() + "\n# a local change\n")
+    assert runs.git_commit(package) == head + "+dirty"
+    _git(clone, "checkout", "--", "src/devrl/config.py")
+    (package / "new_module.py").write_text("X = 1\n")  # untracked code counts too
+    assert runs.git_commit(package) == head + "+dirty"
+
+
+def _manifest_at(folder, commit, source=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = {"files": {}, "git_commit": commit, **({"source": source} if source else {})}
+    (folder / "manifest.json").write_text(__import__("json").dumps(manifest))
+    return folder
+
+
+def test_provenance_names_a_dirty_tree_and_modules_the_commit_lacks_or_holds_otherwise(clone):
+    head = _git(clone, "rev-parse", "HEAD")
+    config_blob = _git(clone, "rev-parse", "HEAD:src/devrl/config.py")
+    clean = _manifest_at(clone / "out" / "clean", head, {"src/devrl/config.py": config_blob})
+    assert runs.provenance_problems(clean, clone) == []
+    dirty = _manifest_at(clone / "out" / "dirty", head + "+dirty",
+                         {"src/devrl/config.py": config_blob})
+    assert [p.kind for p in runs.provenance_problems(dirty, clone)] == ["dirty"]
+    lacking = _manifest_at(clone / "out" / "lacking", head,
+                           {"src/devrl/config.py": config_blob, "src/devrl/absent.py": "0" * 40})
+    problems = runs.provenance_problems(lacking, clone)
+    assert [p.kind for p in problems] == ["lacks-module"] and "absent.py" in problems[0]
+    other = _manifest_at(clone / "out" / "other", head, {"src/devrl/config.py": "1" * 40})
+    assert [p.kind for p in runs.provenance_problems(other, clone)] == ["module-differs"]
+    unknown = _manifest_at(clone / "out" / "unknown", "f" * 40, {})
+    assert [p.kind for p in runs.provenance_problems(unknown, clone)] == ["unknown-commit"]
+
+
+def test_an_older_manifest_that_landed_with_new_code_is_in_doubt(clone):
+    """A manifest without source records, committed together with a module its commit lacks
+    and a change to another: the signature of data made from uncommitted code."""
+    before = _git(clone, "rev-parse", "HEAD")
+    (clone / "src" / "devrl" / "study_x.py").write_text("def build():\n    return 1\n")
+    config = clone / "src" / "devrl" / "config.py"
+    config.write_text(config.read_text() + "\n# changed with the data\n")
+    folder = _manifest_at(clone / "data" / "x-cpu", before)
+    _git(clone, "add", "-A")
+    _git(clone, "commit", "--quiet", "-m", "data and code together")
+    kinds = {p.kind: str(p) for p in runs.provenance_problems(folder, clone)}
+    assert set(kinds) == {"lacks-module", "landed-with-code"}
+    assert "src/devrl/study_x.py" in kinds["lacks-module"]
+    assert "src/devrl/config.py" in kinds["landed-with-code"]
+    honest = _manifest_at(clone / "data" / "y-cpu", _git(clone, "rev-parse", "HEAD"))
+    _git(clone, "add", "-A")
+    _git(clone, "commit", "--quiet", "-m", "data alone")
+    assert [p.kind for p in runs.provenance_problems(honest, clone)] == ["unrecorded"]
+
+
+def test_written_manifests_record_the_modules_that_made_them(tmp_path):
+    manifest = write_manifest(tmp_path, {})
+    if runs.repository_of() is None:
+        pytest.skip("the package does not run from a git work tree")
+    assert "src/devrl/runs.py" in manifest["source"]
+    top = runs.repository_of()
+    assert manifest["source"]["src/devrl/runs.py"] == _git(top, "hash-object",
+                                                           "src/devrl/runs.py")

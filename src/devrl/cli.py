@@ -180,9 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check folders against their manifests",
         description="Check every manifest.json below PATHS: each problem (malformed manifest, "
                     "missing, changed or unlisted file, or a run interrupted mid-checkpoint) is "
-                    "reported per manifest; exit status 1 if there is any.")
+                    "reported per manifest; exit status 1 if there is any. Under each manifest "
+                    "whose files check out, doubts about its provenance are listed (made from a "
+                    "dirty tree, from a commit that lacks or holds another version of a module "
+                    "that made it, or, for manifests older than source records, landed in git "
+                    "together with code changed after the commit it names); they do not change "
+                    "the exit status.")
     verify.add_argument("paths", nargs="+", help="directories holding a manifest.json (searched "
                                                  "recursively)")
+    verify.add_argument("--all-provenance", action="store_true",
+                        help="also list manifests that record no source modules (written before "
+                             "devrl recorded them) where nothing else is in doubt")
     return parser
 
 
@@ -349,7 +357,7 @@ def cmd_figure(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from devrl.runs import verify_manifest
+    from devrl.runs import provenance_problems, verify_manifest
 
     manifests = []
     for path in args.paths:
@@ -362,8 +370,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     failed = 0
     for manifest in manifests:
         found = verify_manifest(manifest.parent)
+        doubts = [p for p in provenance_problems(manifest.parent) if p.kind != "unrecorded"
+                  or args.all_provenance]
         if not found:
             print(f"ok          {manifest.parent}")
+            for doubt in doubts:
+                print(f"  provenance {doubt.kind}: {doubt}")
             continue
         failed += 1
         if all(p.kind == "interrupted" for p in found):

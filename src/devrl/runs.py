@@ -140,19 +140,6 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def git_commit() -> str:
-    """The commit of the source tree this package runs from, with '+dirty' for local changes."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=here,
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("+dirty" if dirty else "")
-
-
 def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
@@ -168,7 +155,7 @@ def write_manifest(directory: Path, extra: dict[str, Any], exclude: tuple[str, .
                 and not rel.startswith(exclude)):
             files[rel] = sha256_file(path)
     manifest = {**extra, "versions": package_versions(), "git_commit": git_commit(),
-                "written": now(), "unchecked": list(exclude), "files": files}
+                "source": loaded_sources(), "written": now(), "unchecked": list(exclude), "files": files}
     atomic_write_json(directory / "manifest.json", manifest)
     return manifest
 
@@ -266,6 +253,132 @@ def check_verified(directory: Path, name: str = "run") -> dict[str, Any]:
         raise ConfigError(f"{name}={str(directory)!r} is not allowed: it does not match its "
                           f"manifest ({shown})")
     return read_manifest(directory)
+
+
+# ---------------------------------------------------------------- provenance
+# The paths whose local changes make a manifest's tree "dirty": the code that trains, measures
+# and builds data sets (src/), the notebooks that call it, and the package definition.
+SOURCE_PATHS = ("src", "notebooks", "pyproject.toml")
+
+
+def _git(args: list[str], cwd: Path) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30,
+                          check=True).stdout
+
+
+def repository_of(package_dir: Path | None = None) -> Path | None:
+    """The top of the git work tree holding `package_dir` (default: this package), or None."""
+    here = Path(package_dir or Path(__file__).resolve().parent)
+    try:
+        return Path(_git(["rev-parse", "--show-toplevel"], here).strip())
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_commit(package_dir: Path | None = None) -> str:
+    """The commit of the source tree this package runs from (default: this package's own), with
+    '+dirty' when a tracked file under SOURCE_PATHS differs from it or an untracked, unignored
+    file lies there; 'unknown' outside a git work tree."""
+    top = repository_of(package_dir)
+    if top is None:
+        return "unknown"
+    try:
+        commit = _git(["rev-parse", "HEAD"], top).strip()
+        dirty = _git(["status", "--porcelain", "--", *SOURCE_PATHS], top).strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def git_blob_hash(path: Path) -> str:
+    """The object name git gives the file's content (`git hash-object`), without git."""
+    data = Path(path).read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def loaded_sources(package_dir: Path | None = None) -> dict[str, str]:
+    """{path relative to the repository: git blob hash} of every devrl module loaded in this
+    process: the code that made what a manifest describes. Empty outside a git work tree."""
+    import sys
+
+    top = repository_of(package_dir)
+    if top is None:
+        return {}
+    out = {}
+    for name, module in list(sys.modules.items()):
+        source = getattr(module, "__file__", None)
+        if not (name == "devrl" or name.startswith("devrl.")) or not source:
+            continue
+        path = Path(source).resolve()
+        with contextlib.suppress(ValueError, OSError):
+            out[path.relative_to(top).as_posix()] = git_blob_hash(path)
+    return dict(sorted(out.items()))
+
+
+def provenance_problems(directory: Path, repository: Path | None = None) -> list[Problem]:
+    """Why the code named by `directory`'s manifest may not be the code that made it (empty =
+    none found): a dirty tree, a commit unknown to the repository, a loaded module the commit
+    lacks or holds in another version (manifests with `source`), and, for older manifests
+    without `source`, modules that the commit which landed the manifest in git added or changed
+    after the recorded commit (the signature of data made from uncommitted code; only src/
+    counts as changed code there, notebooks being presentation)."""
+    directory = Path(directory)
+    try:
+        manifest = read_manifest(directory)
+    except ConfigError:
+        return []  # verify_manifest reports it
+    top = repository or repository_of()
+    recorded = str(manifest.get("git_commit") or "unknown")
+    commit = recorded.removesuffix("+dirty")
+    problems: list[Problem] = []
+    if recorded.endswith("+dirty"):
+        problems.append(Problem("dirty", f"{directory}: made from a tree with uncommitted "
+                                         f"changes to the code (commit {commit[:12]}+dirty)"))
+    if commit == "unknown" or top is None:
+        return problems + [Problem("unrecorded", f"{directory}: no commit to check against")]
+    try:
+        _git(["cat-file", "-e", f"{commit}^{{commit}}"], top)
+    except (OSError, subprocess.SubprocessError):
+        return problems + [Problem("unknown-commit",
+                                   f"{directory}: commit {commit[:12]} is not in {top}")]
+
+    def blobs(rev: str) -> dict[str, str]:
+        listing = _git(["ls-tree", "-r", rev, "--", *SOURCE_PATHS], top)
+        return {line.split("\t", 1)[1]: line.split()[2] for line in listing.splitlines()}
+
+    at_commit = blobs(commit)
+    source = manifest.get("source")
+    if isinstance(source, dict):
+        for path, blob in sorted(source.items()):
+            if path not in at_commit:
+                problems.append(Problem("lacks-module", f"{directory}: commit {commit[:12]} "
+                                                        f"does not contain {path}"))
+            elif at_commit[path] != blob and not recorded.endswith("+dirty"):
+                problems.append(Problem("module-differs", f"{directory}: {path} differs from "
+                                                          f"its version at {commit[:12]}"))
+        return problems
+    # An older manifest: judge it by the commit that brought it into the repository.
+    rel = (directory.resolve().relative_to(top.resolve()) / "manifest.json").as_posix() \
+        if directory.resolve().is_relative_to(top.resolve()) else None
+    landed = _git(["log", "-1", "--format=%H", "--", rel], top).strip() if rel else ""
+    note = "manifest records no source modules"
+    if not landed or landed == commit:
+        return problems + [Problem("unrecorded", f"{directory}: {note}")]
+    at_landing = blobs(landed)
+    added = sorted(set(at_landing) - set(at_commit))
+    touched = set(_git(["show", "--name-only", "--format=", landed, "--", "src"], top).split())
+    changed = sorted(p for p in touched & set(at_commit) if at_commit[p] != at_landing.get(p))
+    if added:
+        problems.append(Problem("lacks-module", f"{directory}: commit {commit[:12]} does not "
+                                                f"contain {', '.join(added)}, which landed with "
+                                                f"the data set in {landed[:12]}"))
+    if changed:
+        problems.append(Problem("landed-with-code", f"{directory}: the data set landed in "
+                                                    f"{landed[:12]} together with changes to "
+                                                    f"{', '.join(changed)} made after the recorded"
+                                                    f" commit {commit[:12]}; it may come from "
+                                                    "that uncommitted code"))
+    return problems or [Problem("unrecorded", f"{directory}: {note}")]
 
 
 # ---------------------------------------------------------------- run directory
