@@ -35,7 +35,7 @@ LOCALISATION_NOTEBOOKS = ["layer-reversion", "update-localisation", "credit-by-r
 # every notebook, published or not (the regime study reads the policy-LLC data, so it comes after)
 NOTEBOOKS = (CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS
              + MEMORY_NOTEBOOKS + DIVERSITY_NOTEBOOKS + LOCALISATION_NOTEBOOKS
-             + ["toy-credit-routing", "grokking-lr-switch", "grokking-llc"])
+             + ["toy-credit-routing", "grokking-lr-switch", "grokking-llc", "output-llc"])
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
 # The data set (data/<name>-<scale>) each notebook reads.
 DATA_SETS = {**{n: "craftax" for n in CRAFTAX_NOTEBOOKS}, **{n: "llc" for n in LLC_NOTEBOOKS},
@@ -46,7 +46,7 @@ DATA_SETS = {**{n: "craftax" for n in CRAFTAX_NOTEBOOKS}, **{n: "llc" for n in L
              **{n: "diversity" for n in DIVERSITY_NOTEBOOKS},
              **{n: "localisation" for n in LOCALISATION_NOTEBOOKS},
              "toy-credit-routing": "toy-credit", "grokking-lr-switch": "grokking",
-             "grokking-llc": "grokking"}
+             "grokking-llc": "grokking", "output-llc": "output-llc"}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
 # it once its cpu-scale data is committed; `only_build_toc_files` leaves the others out).
 PUBLISHED = re.findall(r"file: notebooks/([\w-]+)", (ROOT / "_toc.yml").read_text())
@@ -186,6 +186,12 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
         assert {(r["schedule"], r["seed"]) for r in grok_manifest["runs"]} == {
             ("base", 0), ("x10", 0), ("x50", 0)}
         assert grok_manifest["sampler"]["nbeta"] == grok_manifest["regime"]["nbeta"]
+    if name == "output-llc":
+        layer = Path(smoke_env["DEVRL_DATA"]) / "output-llc-smoke"
+        assert verify_manifest(layer) == []
+        layer_manifest = json.loads((layer / "manifest.json").read_text())
+        assert [run["seed"] for run in layer_manifest["runs"]] == [0]
+        assert layer_manifest["source"]["src/devrl/output_llc.py"]  # provenance recorded
     if name == "toy-credit-routing":
         assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "toy-credit-smoke") == []
     if name in LLC_NOTEBOOKS:

@@ -39,6 +39,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -402,3 +403,23 @@ def test_data_restricted_llc_uses_the_subset_size():
     assert results[0].settings.num_data == half
     assert results[0].settings.nbeta == pytest.approx(half / math.log(half))
     _assert_rule(results, known.dln_learning_coefficient(*FAST_CASE))
+
+
+@pytest.mark.parametrize("d, steps", [(3, 40), (2000, 400)])
+def test_loss_free_distance_is_what_sgld_reaches_without_a_loss(d, steps):
+    """With a loss that is flat everywhere, the chains' mean distance from w* is the closed form
+    of `loss_free_distance`, in the transient (few steps) and near equilibrium."""
+    from devrl.llc import loss_free_distance
+
+    def flat(w, batch):
+        return 0.0 * jnp.sum(w) + 0.0 * jnp.sum(batch)
+
+    step, gamma = 1e-3, 20.0
+    result = estimate_llc(flat, jnp.zeros(d), jnp.zeros((4, 1)), jax.random.PRNGKey(0),
+                          step_size=step, nbeta=1.0, localization=gamma, num_steps=steps,
+                          num_burnin=steps // 4, num_chains=64 if d < 10 else 4,
+                          batch_size=4)
+    expected = loss_free_distance(d, step, gamma, steps // 4, steps)
+    assert result.mean_distance == pytest.approx(expected, rel=0.05 if d < 10 else 0.01)
+    # and the closed form moves with γ as it should: a stronger localisation holds them closer
+    assert loss_free_distance(d, step, 4 * gamma, steps // 4, steps) < expected

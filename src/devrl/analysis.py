@@ -40,6 +40,12 @@ def repo_root() -> Path:
     return source if (source / "_config.yml").exists() else Path.cwd()
 
 
+def plural(count: float, noun: str) -> str:
+    """"1 seed", "3 seeds": a count with its noun, for titles and glued prose."""
+    count = int(count)
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def data_root() -> Path:
     return Path(os.environ.get("DEVRL_DATA") or repo_root() / "data")
 
@@ -74,7 +80,7 @@ class CraftaxData:
         runs = [r for r in self.manifest["runs"] if r["seed"] in self.seeds]
         steps = sorted({r["env_steps_done"] for r in runs})
         complete = all(r["complete"] for r in runs)
-        return (f"{len(runs)} seed(s) ({', '.join(str(s) for s in self.seeds)}) at the "
+        return (f"{plural(len(runs), 'seed')} ({', '.join(str(s) for s in self.seeds)}) at the "
                 f"{self.scale} scale, {'/'.join(f'{s:,}' for s in steps)} env steps each"
                 f"{'' if complete else ' (not all runs complete)'}")
 
@@ -267,7 +273,7 @@ class LLCData:
         s = m["settings"]
         caveat = "" if m["calibration_passed"] else \
             " (no step size met the calibration rule: the smallest was used)"
-        return (f"{len(self.seeds)} seed(s) ({', '.join(map(str, self.seeds))}), "
+        return (f"{plural(len(self.seeds), 'seed')} ({', '.join(map(str, self.seeds))}), "
                 f"{s['num_chains']} chains of {s['num_steps']} SGLD steps "
                 f"({s['num_burnin']} burn-in), ε = {m['step_size']:g}{caveat}, "
                 f"γ = {s['localization']:g}, nβ = {s['nbeta_factor']:g}·n/log n")
@@ -524,7 +530,7 @@ class MemoryData:
         runs = [r for r in self.manifest["runs"] if r["seed"] in self.seeds]
         widths = sorted({r["memory"] for r in runs})
         steps = sorted({r["env_steps_done"] for r in runs})
-        return (f"memory widths {', '.join(map(str, widths))} × {len(self.seeds)} seed(s) "
+        return (f"memory widths {', '.join(map(str, widths))} × {plural(len(self.seeds), 'seed')} "
                 f"({', '.join(map(str, self.seeds))}) at the {self.scale} scale, "
                 f"{'/'.join(f'{s:,}' for s in steps)} env steps each")
 
@@ -698,3 +704,46 @@ def grokking_data(scale: str = "cpu", seeds: list[int] | None = None,
     picked, manifest, folder, chosen = seeded_table_set(
         "grokking", scale, seeds, recompute, build)
     return GrokkingData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
+
+
+@dataclass(frozen=True)
+class OutputLLCData:
+    """The output layer's learning coefficient with the features frozen
+    (`data/output-llc-<scale>/`, `devrl.output_llc`), restricted to the chosen seeds."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    checkpoints: pd.DataFrame  # per (seed, checkpoint): H's rank, largest curvature, quadratic check
+    estimates: pd.DataFrame  # per (seed, checkpoint, nβ cell, chain key): λ̂ and its closed form
+    curves: pd.DataFrame  # per (seed, checkpoint, γ, nβ factor): the closed form
+    spectra: pd.DataFrame  # per (seed, checkpoint, index): H's eigenvalues (float32)
+
+
+def output_llc_data(scale: str = "cpu", seeds: list[int] | None = None,
+                    recompute: bool = False) -> OutputLLCData:
+    """The output-layer data set (`seeds`, or every seed it holds); with `recompute`, rebuild it
+    from the exported checkpoints and probe sets of `data/craftax-<scale>` (recomputed first if
+    absent)."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        from devrl import output_llc
+
+        craftax = data_root() / f"craftax-{scale}"
+        if not (craftax / "manifest.json").exists():
+            craftax_data(scale, seeds, recompute=True)
+        open_data_set(craftax, scale)
+        tables, extra = output_llc.study_tables(scale, craftax, seeds,
+                                                progress=lambda m: print(m, flush=True))
+        return tables, {
+            "what": "the output layer's LLC with the hidden features frozen: λ̂ at every exported "
+                    "checkpoint against its closed form from the Hessian H of the "
+                    "self-distillation loss, rank(H), and the quadratic check "
+                    "(devrl.output_llc)",
+            "made_by": f"devrl figure output-llc -p scale {scale} -p recompute True", **extra}
+
+    picked, manifest, folder, chosen = seeded_table_set("output-llc", scale, seeds, recompute,
+                                                        build)
+    return OutputLLCData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)

@@ -290,6 +290,33 @@ def estimate_llc(
     )
 
 
+def loss_free_distance(num_sampled: int, step_size: float, localization: float,
+                       num_burnin: int, num_steps: int) -> float:
+    """The mean over draws of E‖w − w*‖ that plain SGLD reaches with no loss term at all: the
+    chains of `estimate_llc` (sampler "sgld") with the same d, ε, γ and steps, held by the
+    localisation alone. The chain is then w_t − w* = a (w_{t−1} − w*) + √ε ξ with a = 1 − εγ/2,
+    so w_t − w* ~ N(0, σ_t² I) with σ_t² = ε (1 − a^{2t}) / (1 − a²), and ‖w_t − w*‖ = σ_t·χ_d,
+    E χ_d = √2 Γ((d + 1)/2) / Γ(d/2). Draw t is the state after t steps, t = burn-in … steps − 1
+    (as `LLCResult.distance_trace`). The confinement ratio observed/this is 1 where the loss
+    does not hold the chains at all and small where it does.
+    """
+    if not (num_sampled >= 1 and step_size > 0 and localization > 0
+            and 0 <= num_burnin < num_steps):
+        raise ConfigError(f"num_sampled={num_sampled!r}, step_size={step_size!r}, "
+                          f"localization={localization!r}, num_burnin={num_burnin!r}, "
+                          f"num_steps={num_steps!r} is not allowed: need d >= 1, ε > 0, γ > 0 "
+                          "and 0 <= burn-in < steps")
+    a = 1.0 - 0.5 * step_size * localization
+    if not abs(a) < 1:
+        raise ConfigError(f"step_size={step_size!r} is not allowed with localization="
+                          f"{localization!r}: plain SGLD diverges once εγ >= 4")
+    t = np.arange(num_burnin, num_steps, dtype=np.float64)
+    sigma = np.sqrt(step_size * -np.expm1(2 * t * np.log(abs(a))) / (1 - a * a))
+    chi_mean = math.exp(0.5 * math.log(2) + math.lgamma((num_sampled + 1) / 2)
+                        - math.lgamma(num_sampled / 2))
+    return float(chi_mean * sigma.mean())
+
+
 def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
     names = []
     for entry in path:
