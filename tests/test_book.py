@@ -333,6 +333,49 @@ def test_book_pages_render_their_charts_offline(built_book):
             assert number in intro
 
 
+def page_text(page: Path) -> str:
+    """A built page's text: tags dropped, entities decoded, whitespace collapsed."""
+    import html
+
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", page.read_text(), flags=re.DOTALL)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
+
+
+def verdict_words() -> dict[str, list[str]]:
+    """Per published page, the verdict words that the functions judging its predictions return
+    on the committed data."""
+    from devrl import memory
+    from devrl.analysis import memory_data, toy_credit_data
+    from devrl.toys.credit import routing_verdicts
+
+    data = memory_data("cpu")
+    toy = toy_credit_data("cpu")
+    final = memory.final_rows(data.training)
+    return {
+        "notebooks/memory-return.html": [
+            memory.return_verdict(memory.return_gaps(data.training))["word"],
+            memory.achievement_verdict(final)["word"]],
+        "notebooks/memory-horizon.html": [
+            memory.horizon_verdict(data.horizon_summary, data.manifest["kl_floor"])["word"]],
+        "notebooks/memory-ablation.html": [memory.ablation_verdict(memory.final_rows(
+            memory.ablation_effect(data.episodes)))["word"]],
+        "notebooks/memory-probes.html": [memory.probes_verdict(data.probes)["word"]],
+        "notebooks/toy-credit-routing.html": list(routing_verdicts(toy.values,
+                                                                   toy.runs).values()),
+    }
+
+
+@pytest.mark.slow
+def test_pages_state_the_verdicts_their_functions_return(built_book):
+    """Every verdict a page states is what its judging function returns on the committed data
+    (the typed-verdict lint of test_verdicts.py keeps every other verdict out of the prose)."""
+    for page, words in verdict_words().items():
+        text = page_text(built_book / page)
+        for word in words:
+            assert re.search(rf"\s{re.escape(word)}[\s.,;:)]", text), \
+                f"{page} does not state {word!r}"
+
+
 def test_citation_cff_is_valid():
     import jsonschema
     import yaml

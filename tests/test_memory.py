@@ -203,3 +203,49 @@ def test_craftax_variables_remember_a_landmark_out_of_view():
     assert valid[0, names.index("water_dx")] and valid[0, names.index("water_steps")]
     assert (got["water_dx"], got["water_dy"], got["water_steps"]) == (2.0, -10.0, 1.0)
     assert not valid[0, names.index("tree_dx")]  # never seen
+
+
+# ------------------------------------------------------------------ verdicts of the predictions
+def _final(drink: dict[int, list[float]]) -> pd.DataFrame:
+    rows = [{"memory": m, "seed": s, "env_steps": 10, "achievement_collect_drink": v,
+             "achievement_make_wood_pickaxe": 0.2}
+            for m, values in drink.items() for s, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_achievement_verdict_fails_only_where_the_seed_ranges_separate():
+    from devrl.memory import achievement_verdict
+
+    overlapping = achievement_verdict(_final({0: [0.25, 0.28, 0.31], 64: [0.30, 0.40, 0.45]}))
+    assert overlapping["holds"] and overlapping["word"] == "held"
+    apart = achievement_verdict(_final({0: [0.25, 0.28, 0.31], 64: [0.32, 0.40, 0.45]}))
+    assert not apart["holds"] and apart["word"] == "did not hold"
+    assert apart["exceptions"] == "collect drink at memory 64 (above every control seed)"
+    below = achievement_verdict(_final({0: [0.25, 0.28, 0.31], 16: [0.1, 0.2, 0.24]}))
+    assert "below every control seed" in below["exceptions"]
+
+
+def _probes(r2: dict[tuple[str, str], float]) -> pd.DataFrame:
+    rows = [{"memory": 16, "seed": s, "update": 5, "env_steps": 10, "variable": v,
+             "features": f, "r2": value, "samples": 100, "episodes": 4}
+            for (v, f), value in r2.items() for s in (0, 1)]
+    return pd.DataFrame(rows)
+
+
+def test_probes_verdict_is_untestable_where_nothing_decodes():
+    from devrl.memory import probes_verdict
+
+    nothing = {(v, f): 0.02 for v in ("water_dx", "steps_since_drink")
+               for f in ("hidden", "untrained", "observation")}
+    verdict = probes_verdict(_probes(nothing))
+    assert verdict["parts"] == {"landmark": "untestable", "drink": "untestable"}
+    assert verdict["word"].startswith("cannot be judged")
+    decodable = {**nothing, ("water_dx", "untrained"): 0.5, ("water_dx", "hidden"): 0.55}
+    verdict = probes_verdict(_probes(decodable))
+    assert verdict["parts"] == {"landmark": "held", "drink": "untestable"}
+    assert verdict["word"].startswith("held where it could be judged")
+    selective = {**decodable, ("water_dx", "hidden"): 0.8}
+    assert probes_verdict(_probes(selective))["word"] == "did not hold"
+    drink = {**decodable, ("steps_since_drink", "observation"): 0.4,
+             ("steps_since_drink", "hidden"): 0.42}
+    assert probes_verdict(_probes(drink))["word"] == "held"

@@ -661,3 +661,133 @@ def best_decoded(probes: pd.DataFrame) -> pd.DataFrame:
         observation=("observation", "mean"), seeds=("seed", "count")).reset_index()
     means = means.dropna(subset=["selectivity"])
     return means.loc[means.groupby("memory")["selectivity"].idxmax()].reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ verdicts of the predictions
+# Prediction 2's achievements, and the rule that judges "not larger than the spread over seeds":
+# for a width and an achievement, the difference from the control is larger than the spread when
+# the two sets of seeds' final success rates do not overlap (every seed above every control seed,
+# or every seed below). Written on 2026-12-06, after the data had been seen: exploratory.
+MEMORY_ACHIEVEMENTS = ("achievement_collect_drink", "achievement_make_wood_pickaxe")
+# Prediction 5 can only be judged where something is decodable: a variable counts as decodable
+# when the hidden state or a control reaches this held-out R² (the prediction's own scale).
+# Written on 2026-12-06, after the data had been seen: exploratory.
+DECODABLE_R2 = 0.1
+
+
+def achievement_separation(final: pd.DataFrame, achievements: tuple[str, ...]) -> pd.DataFrame:
+    """Per recurrent width and achievement (columns of `final`, one row per (memory, seed)):
+    the means and ranges over seeds against the width-0 control, and `separated`: whether the
+    two ranges do not overlap."""
+    rows = []
+    control = final[final["memory"] == 0]
+    for memory, group in final[final["memory"] > 0].groupby("memory"):
+        for name in achievements:
+            low, high = group[name].min(), group[name].max()
+            c_low, c_high = control[name].min(), control[name].max()
+            rows.append({"memory": int(memory), "achievement": name,
+                         "mean": group[name].mean(), "low": low, "high": high,
+                         "control_mean": control[name].mean(), "control_low": c_low,
+                         "control_high": c_high,
+                         "separated": bool(low > c_high or high < c_low)})
+    return pd.DataFrame(rows)
+
+
+def achievement_verdict(final: pd.DataFrame) -> dict[str, Any]:
+    """Prediction 2: no recurrent width's final success rate at drinking or making a wood
+    pickaxe differs from the control's by more than the spread over seeds (the rule above)."""
+    table = achievement_separation(final, MEMORY_ACHIEVEMENTS)
+    separated = table[table["separated"]]
+    names = [f"{r.achievement.removeprefix('achievement_').replace('_', ' ')} at memory "
+             f"{r.memory} ({'above' if r.mean > r.control_mean else 'below'} every control "
+             "seed)" for r in separated.itertuples()]
+    return {"holds": separated.empty, "table": table,
+            "word": "held" if separated.empty else "did not hold",
+            "exceptions": "; ".join(names) if names else "none"}
+
+
+def probes_verdict(probes: pd.DataFrame) -> dict[str, Any]:
+    """Prediction 5 at the last checkpoint of each recurrent run (`probes`: the data set's
+    probe table), on means over seeds per (width, variable): every landmark variable that is
+    decodable (the hidden state or a control reaches DECODABLE_R2) has a selectivity below 0.1,
+    and the steps since the last drink are read from the observation about as well (within
+    0.05 of R²) as from the hidden state. A part with nothing decodable is untestable: a
+    selectivity below 0.1 would then hold only because no probe finds anything."""
+    recurrent = probes[probes["memory"] > 0]
+    last = final_rows(probe_selectivity(recurrent))
+    episodes = final_rows(recurrent)["episodes"]
+    means = last.groupby(["memory", "variable"])[
+        ["hidden", "untrained", "observation", "selectivity"]].mean().reset_index()
+    means["best_r2"] = means[["hidden", "untrained", "observation"]].max(axis=1)
+    means["decodable"] = means["best_r2"] >= DECODABLE_R2
+    is_landmark = (means["variable"].str.contains("_dx|_dy|_steps")
+                   & ~means["variable"].str.startswith("steps_since"))
+    landmark = means[is_landmark & means["decodable"]]
+    drink = means[(means["variable"] == "steps_since_drink") & means["decodable"]]
+    parts = {
+        "landmark": ("untestable" if landmark.empty
+                     else "held" if (landmark["selectivity"] < 0.1).all() else "did not hold"),
+        "drink": ("untestable" if drink.empty
+                  else "held" if (drink["observation"] >= drink["hidden"] - 0.05).all()
+                  else "did not hold")}
+    if "did not hold" in parts.values():
+        word = "did not hold"
+    elif all(p == "untestable" for p in parts.values()):
+        word = "cannot be judged at this sample size: nothing it speaks of is decodable"
+    elif "untestable" in parts.values():
+        word = "held where it could be judged, and the rest cannot be judged at this sample size"
+    else:
+        word = "held"
+    all_drink = means[means["variable"] == "steps_since_drink"]
+    return {"word": word, "parts": parts,
+            "landmark_decodable": len(landmark),
+            "landmark_total": int(is_landmark.sum()),
+            "landmark_max": float(landmark["selectivity"].max()) if len(landmark) else
+            float("nan"),
+            "drink_best_r2": float(all_drink["best_r2"].max()),
+            "drink_observation": float(all_drink["observation"].mean()),
+            "drink_hidden": float(all_drink["hidden"].mean()),
+            "episodes_min": int(episodes.min()), "episodes_max": int(episodes.max())}
+
+
+def return_verdict(gaps: pd.DataFrame) -> dict[str, Any]:
+    """Prediction 1 from `return_gaps`: every recurrent width within 10% of the control's final
+    return, and the widest memory the lowest mean."""
+    recurrent = gaps[gaps["memory"] > 0]
+    within = bool((recurrent["relative_gap"].abs() <= 0.10).all())
+    widest = int(recurrent["memory"].max())
+    slowest = bool(gaps.loc[gaps["memory"] == widest, "mean"].iloc[0] == gaps["mean"].min())
+    word = ("held" if within and slowest else
+            "held for the gap but not for the order" if within else "did not hold")
+    return {"word": word, "within": within, "slowest": slowest, "widest": widest}
+
+
+def horizon_verdict(summary: pd.DataFrame, kl_floor: float) -> dict[str, Any]:
+    """Prediction 3 from the horizon summary (per run and checkpoint): the horizon at the last
+    checkpoint at most 16 steps in every recurrent run, growing with the width (mean over
+    seeds), and every recurrent run using its memory (fully reset KL ≥ `kl_floor`) by 10⁵ env
+    steps."""
+    final = final_rows(summary)
+    recurrent = final[final["memory"] > 0]
+    means = by_width(recurrent, "horizon").sort_values("memory")
+    kls = by_width(recurrent, "full_reset_kl").sort_values("memory")
+    ordered = bool((means["mean"].diff().dropna() > 0).all())
+    kl_ordered = bool((kls["mean"].diff().dropna() > 0).all())
+    short = bool(recurrent["horizon"].max() <= 16)
+    used = summary[(summary["memory"] > 0) & (summary["full_reset_kl"] >= kl_floor)]
+    first_use = used.groupby(["memory", "seed"])["env_steps"].min()
+    runs = summary[summary["memory"] > 0].groupby(["memory", "seed"]).ngroups
+    early = bool(len(first_use) == runs and first_use.max() <= 1e5)
+    return {"word": "held" if short and ordered and early else "did not hold in full",
+            "short": short, "ordered": ordered, "kl_ordered": kl_ordered, "early": early,
+            "runs": runs, "early_runs": int((first_use <= 1e5).sum()),
+            "first_use_max": float(first_use.max()) if len(first_use) else float("nan")}
+
+
+def ablation_verdict(final: pd.DataFrame) -> dict[str, Any]:
+    """Prediction 4 from the last checkpoint's `ablation_effect` rows: wiping the memory lowers
+    the return of every recurrent run."""
+    recurrent = final[final["memory"] > 0]
+    held = bool((recurrent["drop"] > 0).all())
+    return {"word": "held" if held else "did not hold",
+            "positive": int((recurrent["drop"] > 0).sum()), "runs": len(recurrent)}

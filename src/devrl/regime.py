@@ -53,6 +53,8 @@ MIN_ACCEPTANCE = 0.5
 MAX_DRIFT = 0.1
 MAX_CHANGE = 0.10
 MAX_DISTANCE_RATIO = 0.5
+# The grid criteria, as columns of the verdicts table (each True where the cell meets it).
+CRITERIA = ("stable", "nbeta_ok", "gamma_ok", "distance_ok")
 
 
 @dataclass(frozen=True)
@@ -532,6 +534,8 @@ def summary_numbers(estimates: pd.DataFrame, verdicts: pd.DataFrame, outcomes: p
     drows = estimates[(estimates["family"] == "dln") & (estimates["kind"] == "longer")]
     numbers = {
         "checkpoints": len(policy), "cells": len(cells), "cells-passing": int(cells["passes"].sum()),
+        "criteria": len(CRITERIA),
+        "criteria-failing": int(sum(not cells[c].all() for c in CRITERIA)),
         "passed": int(policy["passed"].sum()),
         "nbeta-range": gridrows["nbeta"].max() / gridrows["nbeta"].min(),
         "gamma-low": gammas[0], "gamma-high": gammas[-1],
