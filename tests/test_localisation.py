@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -164,3 +165,38 @@ def test_credit_split_on_a_craftax_rollout():
     for name, did in zip(loc.source_names(), paid):
         share = table.loc[table["source"] == name, "norm_share"]
         assert (share > 0).all() == bool(did)
+
+
+# ------------------------------------------------------------------ the index against chance
+def _credit_rows(profiles: np.ndarray, events: list[int], shares: list[float]) -> pd.DataFrame:
+    from devrl.localisation import specialisation_index
+
+    index = specialisation_index(profiles, np.sqrt(shares))
+    return pd.DataFrame({"seed": 0, "update": 0, "layer": "actor_0",
+                         "source": [f"s{i}" for i in range(len(events))], "events": events,
+                         "norm_share": shares, "specialisation": index})
+
+
+def test_random_gradients_sit_inside_the_null_and_disjoint_ones_above_it():
+    from devrl.localisation import null_verdict, specialisation_against_null
+
+    events, shares, units = [40, 8, 3, 0], [0.5, 0.3, 0.2, 0.0], 64
+    rng = np.random.default_rng(11)
+    inside = []
+    for _ in range(40):  # gradients that share nothing but their counts: the null's own model
+        profiles = np.zeros((4, units))
+        for s, k in enumerate(events):
+            if k:
+                energy = rng.chisquare(k, units)
+                profiles[s] = energy / energy.sum()
+        row = specialisation_against_null(_credit_rows(profiles, events, shares), units)
+        inside.append(not row["above"].iloc[0])
+    assert np.mean(inside) >= 0.85  # about the quantile's 95%
+    disjoint = np.zeros((4, units))
+    for s in range(3):
+        disjoint[s, s * 20:(s + 1) * 20] = 1 / 20
+    against = specialisation_against_null(_credit_rows(disjoint, events, shares), units)
+    assert against["above"].all() and against["observed"].iloc[0] > 0.9
+    verdict = null_verdict(against)
+    assert verdict["word"] == "did not hold" and verdict["above"] == 1
+    assert verdict["threshold_word"] == "could therefore not have failed"

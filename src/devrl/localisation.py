@@ -576,6 +576,9 @@ def credit_summary(credit: pd.DataFrame) -> pd.DataFrame:
         sources_paid=("sources_paid", "mean"), seeds=("seed", "nunique")).reset_index()
 
 
+SPECIALISATION_THRESHOLD = 0.2  # prediction 3's bound on the hidden layers' index
+
+
 def verdicts(data) -> dict[str, str]:
     """The predictions of book/where-behaviour-lives.md, each judged by a fixed rule on the data
     (analysis.LocalisationData): "held", "did not hold" or "untested"."""
@@ -633,7 +636,7 @@ def verdicts(data) -> dict[str, str]:
     # the last (means over hidden layers).
     credit = credit_summary(data.credit) if len(data.credit) else None
     if credit is not None and len(credit):
-        low = bool((credit["specialisation"].dropna() < 0.2).all())
+        low = bool((credit["specialisation"].dropna() < SPECIALISATION_THRESHOLD).all())
         first, last = credit["update"].min(), credit["update"].max()
         early = credit[credit["update"] == first]["other_share"].mean() > 0.5
         late = credit[credit["update"] == last]["achievement_share"].mean() > 0.5
@@ -642,3 +645,74 @@ def verdicts(data) -> dict[str, str]:
     else:
         out["p3"] = word(None)
     return out
+
+
+# ------------------------------------------------------------------ a null for the index
+# The specialisation index of gradients that share nothing but their event counts and norms:
+# each source's update on a layer is the sum of its k reward events' contributions, each
+# loading every unit with an independent random weight (the unit's energy a χ² with k degrees
+# of freedom; equal gains across units). Written on 2026-12-06, after the credit data had been
+# seen, so the comparison against it is exploratory.
+NULL_DRAWS = 200
+NULL_SEED = 7_001
+NULL_QUANTILE = 0.95
+
+
+def specialisation_null(events: Sequence[int], norm_shares: Sequence[float], units: int,
+                        draws: int = NULL_DRAWS, seed: int = NULL_SEED) -> np.ndarray:
+    """`draws` specialisation indices of random per-source unit profiles (see above), weighted
+    like `credit_table`'s by the square root of each source's gradient norm share."""
+    if units < 1 or draws < 1:
+        raise ConfigError(f"units={units!r}, draws={draws!r} is not allowed: both must be >= 1")
+    rng = np.random.default_rng(seed)
+    counts = np.asarray(events, int)
+    weights = np.sqrt(np.asarray(norm_shares, float))
+    out = np.empty(draws)
+    for i in range(draws):
+        profiles = np.zeros((len(counts), units))
+        for s, k in enumerate(counts):
+            if k > 0 and weights[s] > 0:
+                energy = rng.chisquare(k, units)
+                profiles[s] = energy / energy.sum()
+        out[i] = specialisation_index(profiles, weights)
+    return out
+
+
+def specialisation_against_null(credit: pd.DataFrame, units: int) -> pd.DataFrame:
+    """Per (seed, checkpoint, hidden layer) of the credit table: the observed index, the null's
+    mean and NULL_QUANTILE quantile for the same event counts and norm shares, and `above`:
+    whether the observed index exceeds that quantile (the sources specialise beyond chance)."""
+    rows = []
+    for (seed, update, layer), group in credit.groupby(["seed", "update", "layer"]):
+        null = specialisation_null(group["events"].to_numpy(), group["norm_share"].to_numpy(),
+                                   units, seed=NULL_SEED + int(seed))
+        observed = float(group["specialisation"].iloc[0])
+        finite = null[np.isfinite(null)]
+        quantile = float(np.quantile(finite, NULL_QUANTILE)) if len(finite) else float("nan")
+        rows.append({"seed": seed, "update": update, "layer": layer, "observed": observed,
+                     "null_mean": float(finite.mean()) if len(finite) else float("nan"),
+                     "null_quantile": quantile,
+                     "above": bool(np.isfinite(observed) and observed > quantile)})
+    return pd.DataFrame(rows)
+
+
+def null_verdict(against: pd.DataFrame) -> dict[str, Any]:
+    """The credit prediction's "achievement sources load the same units", judged against the
+    null: held where no (seed, checkpoint, layer) index exceeds the null's quantile."""
+    judged = against.dropna(subset=["observed", "null_quantile"])
+    above = int(judged["above"].sum())
+    first = judged[judged["update"] == judged["update"].min()]
+    vacuous = bool(judged["null_quantile"].max() < SPECIALISATION_THRESHOLD)
+    return {"word": "held" if above == 0 else "did not hold", "above": above,
+            "threshold_word": "could therefore not have failed" if vacuous else
+                              "could have failed",
+            "threshold": SPECIALISATION_THRESHOLD,
+            "cases": len(judged),
+            "null_quantile_min": float(judged["null_quantile"].min()),
+            "null_quantile_max": float(judged["null_quantile"].max()),
+            "observed_min": float(judged["observed"].min()),
+            "observed_max": float(judged["observed"].max()),
+            # the first checkpoint (the untrained network) against the same null: how far the
+            # null is from what no learning produces
+            "first_ratio_min": float(first["observed"].div(first["null_quantile"]).min()),
+            "first_ratio_max": float(first["observed"].div(first["null_quantile"]).max())}
