@@ -233,3 +233,29 @@ def test_log_spaced_picks_exactly_count_checkpoints_with_both_ends():
             assert picked[0] == 1 and picked[-1] == 488
     assert log_spaced(updates, 3) == [1, 16, 488]  # √488 ≈ 22: 16 is nearest on a log scale
     assert log_spaced(updates, 20) == updates
+
+
+def test_confinement_is_one_for_chains_with_no_loss_and_small_for_confined_ones():
+    """The confinement ratio against the closed form: the sampler with a flat loss gives 1, a
+    loss much stiffer than γ gives far less."""
+    import jax.numpy as jnp
+    import pandas as pd
+
+    from devrl.llc import estimate_llc
+    from devrl.policy_llc import confinement
+
+    settings = {"localization": 50.0, "num_burnin": 100, "num_steps": 300}
+    rows = []
+    for stiffness in (0.0, 1e3):
+        def loss(w, batch, k=stiffness):
+            return 0.5 * k * jnp.sum(w ** 2) + 0.0 * jnp.sum(batch)
+
+        result = estimate_llc(loss, jnp.zeros(2000), jnp.zeros((4, 1)), jax.random.PRNGKey(0),
+                              step_size=1e-4, nbeta=1.0, localization=50.0, num_steps=300,
+                              num_burnin=100, num_chains=4, batch_size=4)
+        rows.append({"seed": 0, "env_steps": 0, "kind": "all", "target": "all",
+                     "num_sampled": 2000, "step_size": 1e-4,
+                     "mean_distance": result.mean_distance})
+    ratios = confinement(pd.DataFrame(rows), settings)["confinement_ratio"].to_numpy()
+    assert ratios[0] == pytest.approx(1.0, abs=0.03)
+    assert ratios[1] < 0.5

@@ -541,3 +541,37 @@ def export_llc(sources: list[Path], out: Path, scale: str,
         "llc_seed": LLC_SEED, "actions": list(ACTION_NAMES), "contexts": list(CONTEXTS),
         "runs": runs})
     return replace_dir(staging, out)
+
+
+# ------------------------------------------------------------------ what the chains measure
+def confinement(llc: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+    """Per estimate (rows of an llc table; `settings` the data set's sampler settings): the
+    chains' observed mean distance from w*, the distance the same sampler reaches with no loss
+    term (`devrl.llc.loss_free_distance`, same d, ε, γ and steps), and their ratio, the
+    confinement ratio: near 1 where the loss does not hold the chains at all, so that λ̂ is
+    nβ times the mean KL of the policy under weight noise of that size (a perturbation
+    sensitivity), small where the loss confines them."""
+    from devrl.llc import loss_free_distance
+
+    free = [loss_free_distance(int(row.num_sampled), float(row.step_size),
+                               float(settings["localization"]), int(settings["num_burnin"]),
+                               int(settings["num_steps"])) for row in llc.itertuples()]
+    out = llc[["seed", "env_steps", "kind", "target", "num_sampled", "mean_distance"]].copy()
+    out["loss_free_distance"] = free
+    out["confinement_ratio"] = out["mean_distance"] / out["loss_free_distance"]
+    return out.reset_index(drop=True)
+
+
+def confinement_numbers(llc: pd.DataFrame, settings: dict[str, Any]) -> dict[str, float]:
+    """The numbers a chapter quotes about what the chains sample (keys policy-llc-*): observed
+    and loss-free mean distances, the confinement ratio's range, and the noise per weight (the
+    loss-free distance over √d)."""
+    table = confinement(llc, settings)
+    per_weight = table["loss_free_distance"] / np.sqrt(table["num_sampled"])
+    return {"policy-llc-distance-min": table["mean_distance"].min(),
+            "policy-llc-distance-max": table["mean_distance"].max(),
+            "policy-llc-free-min": table["loss_free_distance"].min(),
+            "policy-llc-free-max": table["loss_free_distance"].max(),
+            "policy-llc-confinement-min": table["confinement_ratio"].min(),
+            "policy-llc-confinement-max": table["confinement_ratio"].max(),
+            "policy-llc-noise-rms": float(per_weight.mean())}
