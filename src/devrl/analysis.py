@@ -13,6 +13,7 @@ recompute; default `~/.cache/devrl/runs`), `DEVRL_FIGURES` (SVG/PNG exports; def
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -228,6 +229,44 @@ def peak_and_final(frame: pd.DataFrame, columns: list[str], x: str = "env_steps"
             rows.append({"seed": seed, "measure": column, "peak": peak[column],
                          f"{x}_at_peak": int(peak[x]), "final": final[column],
                          f"final_{x}": int(final[x])})
+    return pd.DataFrame(rows)
+
+
+def resolved(x: float, grid: Any) -> float:
+    """`x` (a point of `grid`, e.g. the checkpoint where a curve peaks) rounded to what the grid
+    resolves there: to the power of ten below the larger gap to its neighbours on the grid (a
+    peak between two checkpoints is placed no better than the coarser side allows)."""
+    points = np.unique(np.asarray(grid, float))
+    i = int(np.argmin(np.abs(points - x)))
+    gaps = [abs(points[j] - points[i]) for j in (i - 1, i + 1) if 0 <= j < len(points)]
+    gap = max(gaps) if gaps else abs(x)
+    if gap <= 0:
+        return float(x)
+    step = 10.0 ** math.floor(math.log10(gap))
+    return float(round(x / step) * step)
+
+
+def mean_curve_peaks(frame: pd.DataFrame, columns: list[str], x: str = "env_steps"
+                     ) -> pd.DataFrame:
+    """Per column: the peak of the mean over seeds at each `x` (the curve a figure draws), where
+    it is (rounded to what the grid of `x` resolves there, `resolved`), its final value, and the
+    range over seeds of where each seed's own peak is (each rounded alike)."""
+    common = frame.groupby(x)["seed"].nunique()
+    shared = common[common == frame["seed"].nunique()].index
+    grid = sorted(frame[x].unique())
+    own = peak_and_final(frame, columns, x)
+    rows = []
+    for column in columns:
+        mean = frame[frame[x].isin(shared)].groupby(x)[column].mean().dropna()
+        if mean.empty:
+            continue
+        at = float(mean.idxmax())
+        steps = own.loc[own["measure"] == column, f"{x}_at_peak"].map(
+            lambda v: resolved(v, grid))
+        rows.append({"measure": column, "peak": float(mean.max()),
+                     f"{x}_at_peak": resolved(at, grid), "final": float(mean.iloc[-1]),
+                     f"seed_{x}_at_peak_min": float(steps.min()),
+                     f"seed_{x}_at_peak_max": float(steps.max())})
     return pd.DataFrame(rows)
 
 
