@@ -52,6 +52,9 @@ def test_hessian_is_flat_along_the_softmax_shift_and_the_features_null_space():
     eigenvalues = np.linalg.eigvalsh(h)
     # 7 independent features (6 + bias) times A − 1 = 4 identifiable logit directions
     assert o.numerical_rank(eigenvalues, 1e-10) == 7 * 4
+    assert o.exact_rank(features, o.softmax64(features @ weights)) == 7 * 4
+    with pytest.raises(o.ConfigError, match="^probs with zeros"):
+        o.exact_rank(features, np.eye(features.shape[0], 5))
 
 
 def test_features_reproduce_the_networks_logits_and_its_output_layer_loss():
@@ -100,10 +103,13 @@ def test_features_reproduce_the_networks_logits_and_its_output_layer_loss():
 def test_quadratic_check_is_one_when_the_posterior_is_tight_and_departs_when_loose():
     features, weights = constructed(n=300, width=5, actions=4, scale=2.0)
     probs = o.softmax64(features @ weights)
-    eigenvalues, eigenvectors = np.linalg.eigh(o.hessian(features, probs))
-    tight = o.quadratic_check(features, weights, eigenvalues, eigenvectors, 1e5, 1e4, key=0)
+    h = o.hessian(features, probs)
+    tight = o.quadratic_check(features, weights, h, 1e5, 1e4, key=0)
     assert tight["ratio"] == pytest.approx(1.0, abs=0.01)
-    loose = o.quadratic_check(features, weights, eigenvalues, eigenvectors, 1.0, 0.01, key=0)
+    # the draws have the posterior's size: E‖Δ‖² = Σ 1/(nβh + γ)
+    expected = o.posterior_distance(np.linalg.eigvalsh(h), 1e5, 1e4)
+    assert tight["rms_distance"] == pytest.approx(expected, rel=0.1)
+    loose = o.quadratic_check(features, weights, h, 1.0, 0.01, key=0)
     assert abs(loose["ratio"] - 1) > 2 * o.QUADRATIC_TOLERANCE
     assert loose["rms_distance"] > 10 * tight["rms_distance"]
 
