@@ -45,6 +45,20 @@ def test_a_cell_meeting_every_criterion_passes():
     row = _verdict(_table())
     assert row["passes"] and row["stable"] and row["nbeta_ok"] and row["gamma_ok"]
     assert row["distance_ratio"] == pytest.approx(0.1)
+    assert row["confined"] and row["confinement_ratio"] < 0.2
+
+
+def test_the_confinement_ratio_is_one_for_loss_free_chains():
+    """A cell whose chains lie exactly as far out as SGLD without a loss term fails the
+    confinement criterion (the loss does not hold them), whatever √(d/γ) says."""
+    from devrl.llc import loss_free_distance
+
+    cell = _table().query("kind == 'grid' and nbeta_factor == 1.0 and localization == 100.0")
+    cell = cell.iloc[0]
+    free = loss_free_distance(10_000, cell["step_size"], 100.0, int(cell["num_burnin"]),
+                              int(cell["num_steps"]))
+    row = _verdict(_table({(1.0, 100.0): {"mean_distance": free}}))
+    assert row["confinement_ratio"] == pytest.approx(1.0) and not row["confined"]
 
 
 @pytest.mark.parametrize(("changes", "failing"), [
@@ -54,7 +68,7 @@ def test_a_cell_meeting_every_criterion_passes():
     ({(4.0, 100.0): {"llc": 56.0}}, "nbeta_ok"),  # +12% over a 4x larger nβ
     ({(4.0, 100.0): {"drift": 0.3}}, "nbeta_ok"),  # the neighbour itself has not levelled off
     ({(1.0, 1.0): {"llc": 44.0}}, "gamma_ok"),  # −12% at the 100x smaller γ
-    ({(1.0, 100.0): {"mean_distance": 6.0}}, "distance_ok"),  # 0.6 √(d/γ)
+    ({(1.0, 100.0): {"mean_distance": 10.5}}, "confined"),  # about the loss-free distance
 ])
 def test_each_criterion_can_fail(changes, failing):
     row = _verdict(_table(changes))
@@ -75,6 +89,10 @@ def test_the_rule_needs_longer_chains_at_the_same_step_to_agree():
     assert not regime.decide(verdict, {**longer, "llc": 56.0}, True)["passed"]
     assert not regime.decide(verdict, {**longer, "drift": 0.2}, True)["passed"]
     assert not regime.decide(verdict, longer, False)["passed"]
+    # longer chains that accept too few steps cannot show convergence, nor its absence
+    unstable = regime.decide(verdict, {**longer, "llc": 80.0, "mala_acceptance": 0.2}, True)
+    assert not unstable["passed"] and unstable["longer_check"] == "not judged"
+    assert regime.decide(verdict, {**longer, "llc": 56.0}, True)["longer_check"] == "moved"
 
 
 def test_grid_cells_hold_step_times_nbeta_and_scale_chain_length():
@@ -175,7 +193,8 @@ def test_committed_verdicts_and_outcomes_are_what_the_rule_computes(committed):
 def test_the_rule_recovers_known_answers_on_large_deep_linear_networks(committed):
     """At the cell the rule's grid criteria choose, λ̂ is within 15% of λ for every one of 3 chain
     keys, on at least 3 networks of >= 10^4 weights; the regular network also passes the longer
-    check. (Singular ones may fail it: longer chains drift along the set of minimisers.)"""
+    check. (For the singular ones it is not judged: their longer chains accepted too few
+    Metropolis-adjusted steps.)"""
     outcomes = committed[0]["outcomes"]
     dln = outcomes[(outcomes["family"] == "dln") & (outcomes["num_sampled"] >= 10_000)]
     chosen = dln[dln["cell_passed"] & (dln["key_llcs"].map(len) >= 3)]

@@ -786,3 +786,30 @@ def output_llc_data(scale: str = "cpu", seeds: list[int] | None = None,
     picked, manifest, folder, chosen = seeded_table_set("output-llc", scale, seeds, recompute,
                                                         build)
     return OutputLLCData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
+
+
+def rejudge_regime(scale: str = "cpu") -> RegimeData:
+    """Rewrite the regime data set's verdicts and outcomes with the current rule
+    (`devrl.regime.rejudge`) from its stored estimates, without sampling again; the manifest
+    keeps the study's records and names the commit whose code made the estimates."""
+    check_scale_and_recompute(scale, True)
+    folder = data_root() / f"llc-regime-{scale}"
+    old = open_data_set(folder, scale)
+
+    def build():
+        from devrl import regime
+
+        estimates = pd.read_parquet(folder / "estimates.parquet")
+        outcomes = pd.read_parquet(folder / "outcomes.parquet")
+        grids = {"policy": regime.POLICY_GRIDS[scale], "dln": regime.DLN_GRIDS[scale]}
+        verdicts, outcomes = regime.rejudge(estimates, outcomes, grids)
+        kept = {k: old[k] for k in ("policy_grid", "dln_grid", "dln_cases", "dln_nbeta0",
+                                    "dln_num_data", "craftax_manifest_sha256") if k in old}
+        return ({"estimates": estimates, "verdicts": verdicts, "outcomes": outcomes}, {
+            **kept, "what": old["what"], "rule": regime.rule_settings(),
+            "made_by": f"devrl.analysis.rejudge_regime({scale!r})",
+            "estimates_from": {"git_commit": old.get("git_commit"),
+                               "written": old.get("written"), "made_by": old.get("made_by")}})
+
+    tables, manifest = table_set("llc-regime", scale, True, build)
+    return RegimeData(scale=scale, path=folder, manifest=manifest, **tables)
