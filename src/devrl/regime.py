@@ -626,6 +626,8 @@ def summary_numbers(estimates: pd.DataFrame, verdicts: pd.DataFrame, outcomes: p
             r, r["localization"]), axis=1).min()),
         "confinement-max": float(base.apply(lambda r: confinement_ratio(
             r, r["localization"]), axis=1).max()),
+        "confinement-deviation": 100 * float(base.apply(lambda r: abs(confinement_ratio(
+            r, r["localization"]) - 1), axis=1).max()),
         "max-confinement": MAX_CONFINEMENT,
         "longer-acceptance-min": float(longer["mala_acceptance"].min()),
         "dln-not-judged": int((dln["longer_check"] == "not judged").sum())
