@@ -220,3 +220,40 @@ def test_written_manifests_record_the_modules_that_made_them(tmp_path):
     top = runs.repository_of()
     assert manifest["source"]["src/devrl/runs.py"] == _git(top, "hash-object",
                                                            "src/devrl/runs.py")
+
+
+# ---------------------------------------------------------------- manifests that cannot lie
+@pytest.mark.parametrize(("text", "problem"), [
+    ('{"files": {"a.txt": "%s", "a.txt": "%s"}}', "appears twice"),
+    ('{"files": {"/etc/hostname": "%s"}}', "not a plain relative path"),
+    ('{"files": {"./a.txt": "%s"}}', "not a plain relative path"),
+    ('{"files": {"sub/../a.txt": "%s"}}', "not a plain relative path"),
+    ('{"files": {"a.txt": "%s"}, "written": NaN}', "not a JSON number"),
+])
+def test_a_manifest_that_could_lie_is_malformed(tmp_path, text, problem):
+    """The same file twice with two hashes, a path outside the folder or a second name for one
+    file, and non-JSON numbers: refused on reading, whatever the checksums say."""
+    (tmp_path / "a.txt").write_text("hello")
+    good = runs.sha256_file(tmp_path / "a.txt")
+    (tmp_path / "manifest.json").write_text(text.replace("%s", good, 1).replace("%s", "0" * 64))
+    if text.count("%s") == 2:  # the right hash last: plain JSON would keep it and pass
+        (tmp_path / "manifest.json").write_text(text % ("0" * 64, good))
+    problems = verify_manifest(tmp_path)
+    assert [p.kind for p in problems] == ["malformed"] and problem in problems[0]
+    assert run_cli("verify", str(tmp_path)).returncode == 1
+
+
+def test_config_files_refuse_repeated_keys_and_non_finite_tokens(tmp_path):
+    from devrl.config import loads_strict
+
+    with pytest.raises(ConfigError, match="^config='x' is not allowed: the key 'lr' appears"):
+        loads_strict('{"lr": 1e-3, "lr": 2e-3}', "config='x'")
+    for token in ("Infinity", "-Infinity", "NaN"):
+        with pytest.raises(ConfigError, match=f"{token} is not a JSON number"):
+            loads_strict(f'{{"lr": {token}}}', "config='x'")
+    path = tmp_path / "c.json"
+    path.write_text('{"lr": Infinity}')
+    result = run_cli("train", "--scale", "smoke", "--config", str(path), "--out",
+                     str(tmp_path / "out"))
+    assert result.returncode == 2 and "Infinity is not a JSON number" in result.stderr
+    assert not (tmp_path / "out").exists()

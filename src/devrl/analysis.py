@@ -362,7 +362,9 @@ def open_data_set(folder: Path, scale: str) -> dict[str, Any]:
     problems = verify_manifest(folder)
     if problems:
         raise RuntimeError(f"{folder} does not match its manifest: {'; '.join(problems)}")
-    return json.loads((folder / "manifest.json").read_text())
+    from devrl.runs import read_manifest
+
+    return read_manifest(folder)
 
 
 def choose_seeds(manifest: dict[str, Any], seeds: list[int] | None, folder: Path) -> list[int]:

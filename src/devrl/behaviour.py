@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from devrl.config import ConfigError, TrainConfig, config_from_dict
+from devrl.config import ConfigError, TrainConfig, config_from_dict, loads_strict
 from devrl.envs import (
     ACTION_NAMES,
     CONTEXTS,
@@ -58,7 +58,7 @@ def load_config(run_dir: Path) -> TrainConfig:
     if not path.exists():
         raise ConfigError(f"run={str(run_dir)!r} is not allowed: not a run directory "
                           "(no config.json)")
-    return config_from_dict(json.loads(path.read_text()))
+    return config_from_dict(loads_strict(path.read_text(), f"config {str(path)!r}"))
 
 
 def make_episode_runner(config: TrainConfig, episodes: int, max_steps: int):

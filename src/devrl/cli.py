@@ -18,6 +18,7 @@ from devrl.config import (
     coerce,
     config_from_dict,
     field_types,
+    loads_strict,
     typed,
 )
 
@@ -200,10 +201,7 @@ def _config_file(path_text: str | None) -> dict:
     path = Path(path_text)
     if not path.is_file():
         raise ConfigError(f"config={path_text!r} is not allowed: must be an existing JSON file")
-    try:
-        values = json.loads(path.read_text())
-    except ValueError as error:
-        raise ConfigError(f"config={path_text!r} is not valid JSON: {error}") from None
+    values = loads_strict(path.read_text(), f"config={path_text!r}")
     if not isinstance(values, dict):
         raise ConfigError(f"config={path_text!r} is not allowed: must hold a JSON object of "
                           "parameter names to values")
@@ -276,7 +274,7 @@ def cmd_train_one(args: argparse.Namespace) -> int:
     become_trainer(args.parent_pid, args.cpus)  # before JAX initialises
     from devrl.runs import train
 
-    config = config_from_dict(json.loads(args.config_json))
+    config = config_from_dict(loads_strict(args.config_json, "config-json"))
 
     def log(info: dict) -> None:
         print(json.dumps(info), flush=True)

@@ -23,6 +23,31 @@ class ConfigError(ValueError):
     """A configuration value is out of range; the message names the parameter and what is allowed."""
 
 
+def loads_strict(text: str, what: str) -> Any:
+    """JSON as devrl writes it, and nothing looser: a key repeated in one object (which plain
+    JSON keeps silently, the last one winning) and the non-JSON tokens NaN, Infinity and
+    -Infinity are refused with a ConfigError naming `what` (a file or a parameter)."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise ConfigError(f"{what} is not allowed: the key {key!r} appears twice in one "
+                                  "object")
+            seen[key] = value
+        return seen
+
+    def constant(token: str) -> Any:
+        raise ConfigError(f"{what} is not allowed: {token} is not a JSON number (finite "
+                          "numbers only)")
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
+        raise ConfigError(f"{what} is not valid JSON: {error}") from None
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every hyperparameter of one PPO run (one seed). Defaults are the cpu scale."""

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from devrl.config import ConfigError, TrainConfig, config_from_dict
+from devrl.config import ConfigError, TrainConfig, config_from_dict, loads_strict
 
 # Files of a run directory that change after training or only serve resume: not checksummed.
 RUN_SCRATCH = ("state/", "progress.json", "task.json", "train.log", "behaviour/", "llc/",
@@ -187,13 +187,30 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: no manifest.json")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = loads_strict(path.read_text(), f"manifest {str(path)!r}")
     except (OSError, ValueError) as error:
         raise ConfigError(f"{path}: malformed manifest ({error})") from None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
             and all(isinstance(v, str) for v in manifest["files"].values())):
         raise ConfigError(f"{path}: malformed manifest (no 'files' mapping of paths to sha256)")
+    for section in ("files", "pending"):
+        for rel in (manifest.get(section) or {}):
+            if not is_confined_path(rel):
+                raise ConfigError(f"{path}: malformed manifest (the entry {rel!r} is not a plain "
+                                  "relative path inside its folder: absolute paths, '..', '.' "
+                                  "and repeated or trailing slashes are refused)")
+    unchecked = manifest.get("unchecked", [])
+    if not (isinstance(unchecked, list) and all(isinstance(u, str) for u in unchecked)):
+        raise ConfigError(f"{path}: malformed manifest ('unchecked' must be a list of prefixes)")
     return manifest
+
+
+def is_confined_path(rel: str) -> bool:
+    """Whether `rel` names a file inside its folder in exactly one way: relative, in POSIX form,
+    with no '.', '..' or empty parts (so './a' and 'a' cannot both be listed for one file)."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel:
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
 
 
 def verify_manifest(directory: Path) -> list[Problem]:
@@ -409,7 +426,8 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path) -> None:
     run_dir = Path(run_dir)
     stored_path = run_dir / "config.json"
     if stored_path.exists():
-        stored = config_from_dict(json.loads(stored_path.read_text()))
+        stored = config_from_dict(loads_strict(stored_path.read_text(),
+                                               f"config {str(stored_path)!r}"))
         if stored != config:
             diffs = [f"{k}={v!r} (stored) vs {getattr(config, k)!r} (given)"
                      for k, v in stored.to_dict().items() if getattr(config, k) != v]
