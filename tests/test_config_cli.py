@@ -209,3 +209,63 @@ def test_a_trainer_dies_with_the_process_that_started_it():
                              "become_trainer(1, None)"], capture_output=True, text=True,
                             timeout=60)  # its parent (not pid 1) died before it started
     assert orphan.returncode == 1 and "parent 1 is gone; not training" in orphan.stderr
+
+
+# ------------------------------------------------------------------ numbers that mean a number
+NUMERIC = {name: kind for name, kind in __import__("devrl.config", fromlist=["x"])
+           .field_types().items() if kind in (int, float)}
+
+
+@pytest.mark.parametrize("name", sorted(NUMERIC))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), 8.5])
+def test_every_numeric_field_refuses_non_finite_and_fractional_values(name, value):
+    """From a config or sweep file (check_type) and from a flag (coerce): a float field takes
+    any finite number, an int field a finite whole number; everything else is named."""
+    from devrl.config import check_type, coerce
+
+    if NUMERIC[name] is float and value == 8.5:
+        assert check_type(name, value) == 8.5 and coerce(name, "8.5") == 8.5
+        return
+    with pytest.raises(ConfigError, match=f"^{name}=.* is not allowed"):
+        check_type(name, value)
+    with pytest.raises(ConfigError, match=f"^{name}=.* is not allowed"):
+        coerce(name, repr(value) if value == 8.5 else str(value))
+    if NUMERIC[name] is int:
+        with pytest.raises(ConfigError, match=f"^{name}=8.5 is not allowed"):
+            coerce(name, "8.5e0")
+        assert coerce(name, "8e0") == 8
+
+
+def test_a_config_that_reaches_validate_with_a_non_finite_float_is_refused():
+    import dataclasses
+
+    from devrl.config import make_config
+
+    for name in ("lr", "ent_coef", "vf_coef", "gamma"):
+        for value in (float("nan"), float("inf")):
+            config = dataclasses.replace(make_config("smoke"), **{name: value})
+            with pytest.raises(ConfigError, match=f"^{name}=.* is not allowed"):
+                config.validate()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "inf"], "lr=inf is not allowed"),
+    (["--ent-coef", "nan"], "ent_coef=nan is not allowed"),
+    (["--num-envs", "8.5e0"], "num_envs=8.5 is not allowed"),
+    (["--stall-timeout", "nan"], "stall_timeout=nan is not allowed"),
+    (["--threads-per-run", "64"], "threads_per_run=64 is not allowed"),
+])
+def test_bad_numbers_and_impossible_requests_exit_2_before_anything_runs(tmp_path, flags,
+                                                                          message):
+    result = run_cli("train", "--scale", "smoke", *flags, "--quiet", "--out",
+                     str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-500:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_file_cannot_set_the_seed_silently(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"lr": 0.001, "seed": 5}')
+    result = run_cli("train", "--scale", "smoke", "--config", str(path), "--out",
+                     str(tmp_path / "out"))
+    assert result.returncode == 2 and "it sets 'seed'" in result.stderr

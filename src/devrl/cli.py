@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -205,7 +207,10 @@ def _config_file(path_text: str | None) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"config={path_text!r} is not allowed: must hold a JSON object of "
                           "parameter names to values")
-    values.pop("seed", None)
+    if "seed" in values:
+        raise ConfigError(f"config={path_text!r} is not allowed: it sets 'seed', which a config "
+                          "file does not choose; give the seeds with --seeds (a run's own "
+                          "config.json: remove its 'seed' line)")
     return typed(values)  # the same type checks as flags: exit 2, the parameter named
 
 
@@ -220,8 +225,8 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
 
 def _positive(name: str, value: float) -> None:
-    if value is None or value < 1:
-        raise ConfigError(f"{name}={value!r} is not allowed: must be >= 1")
+    if value is None or not (math.isfinite(value) and value >= 1):
+        raise ConfigError(f"{name}={value!r} is not allowed: must be a finite number >= 1")
 
 
 def _execution(args: argparse.Namespace) -> dict:
@@ -232,6 +237,12 @@ def _execution(args: argparse.Namespace) -> dict:
         _positive("num_cpus", args.num_cpus)
     if args.max_restarts < 0:
         raise ConfigError(f"max_restarts={args.max_restarts} is not allowed: must be >= 0")
+    if args.address is None:  # a local Ray instance: refuse what it could never schedule
+        cores = args.num_cpus or len(os.sched_getaffinity(0))
+        if args.threads_per_run > cores:
+            raise ConfigError(f"threads_per_run={args.threads_per_run} is not allowed: the local "
+                              f"Ray instance has {cores} CPU(s), so a run may use at most "
+                              f"{cores}; a run asking for more would wait forever")
     return {"address": args.address, "num_cpus": args.num_cpus,
             "threads_per_run": args.threads_per_run, "runs_per_gpu": args.runs_per_gpu,
             "stall_timeout": args.stall_timeout, "max_restarts": args.max_restarts,

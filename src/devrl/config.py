@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -143,6 +144,10 @@ class TrainConfig:
             "num_envs * num_steps"
         if batch % self.num_minibatches:
             bad("num_minibatches", f"must divide {unit} = {batch}")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(field.name, "must be a finite number")
         for name in ("lr", "gamma", "gae_lambda", "clip_eps", "max_grad_norm"):
             if not getattr(self, name) > 0:
                 bad(name, "must be > 0")
@@ -150,7 +155,7 @@ class TrainConfig:
             if getattr(self, name) > 1:
                 bad(name, "must be in (0, 1]")
         for name in ("ent_coef", "vf_coef"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 bad(name, "must be >= 0")
         return self
 
@@ -237,13 +242,14 @@ def check_type(name: str, value: Any) -> Any:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is bool and isinstance(value, bool):
         return value
-    if kind is int and number and float(value).is_integer():
+    if kind is int and number and math.isfinite(value) and float(value).is_integer():
         return int(value)
-    if kind is float and number:
+    if kind is float and number and math.isfinite(value):
         return float(value)
     if kind is str and isinstance(value, str):
         return value
-    allowed = "true or false" if kind is bool else f"of type {kind.__name__}"
+    allowed = {bool: "true or false", int: "a whole number (no fraction, finite)",
+               float: "a finite number"}.get(kind, f"of type {kind.__name__}")
     raise ConfigError(f"{name}={value!r} is not allowed: must be {allowed}")
 
 
@@ -263,9 +269,14 @@ def coerce(name: str, text: str) -> Any:
                 raise ValueError
             return text.lower() in ("true", "1")
         if kind is int:
-            return int(float(text)) if "e" in text.lower() else int(text)
+            value = float(text) if any(c in text.lower() for c in "e.") else int(text)
+            return check_type(name, value)
+        if kind is float:
+            return check_type(name, float(text))
         return kind(text)
-    except ValueError:
+    except ValueError as error:
+        if isinstance(error, ConfigError):
+            raise
         raise ConfigError(f"{name}={text!r} is not allowed: must be of type {kind.__name__}") \
             from None
 
