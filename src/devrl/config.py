@@ -248,8 +248,8 @@ def check_type(name: str, value: Any) -> Any:
         return float(value)
     if kind is str and isinstance(value, str):
         return value
-    allowed = {bool: "true or false", int: "a whole number (no fraction, finite)",
-               float: "a finite number"}.get(kind, f"of type {kind.__name__}")
+    allowed = {bool: "true or false", int: "of type int (a finite whole number)",
+               float: "of type float (a finite number)"}.get(kind, f"of type {kind.__name__}")
     raise ConfigError(f"{name}={value!r} is not allowed: must be {allowed}")
 
 
