@@ -257,3 +257,41 @@ def test_config_files_refuse_repeated_keys_and_non_finite_tokens(tmp_path):
                      str(tmp_path / "out"))
     assert result.returncode == 2 and "Infinity is not a JSON number" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- a run that diverges
+def test_divergence_names_the_first_non_finite_update_or_parameter():
+    import pandas as pd
+
+    chunk = pd.DataFrame({"update": [4, 5, 6], "actor_loss": [0.1, np.nan, np.inf],
+                          "value_loss": [1.0, 2.0, 3.0], "entropy": [2.8, 2.8, 2.8],
+                          "approx_kl": [0.0, 0.0, 0.0]})
+    params = {"w": np.ones(3)}
+    assert runs.divergence(chunk, params).startswith("diverged at update 5: non-finite actor_loss")
+    finite = chunk.assign(actor_loss=0.1)
+    assert runs.divergence(finite, params) is None
+    message = runs.divergence(finite, {"w": np.array([1.0, np.nan])})
+    assert message.startswith("diverged at update 6: non-finite parameters in 1 arrays")
+
+
+def test_a_run_that_diverges_stops_keeps_its_last_finite_checkpoint_and_is_refused(tmp_path):
+    """A learning rate no network survives: training stops with the named error at the first
+    non-finite update, the run keeps its last finite checkpoint and state, and verify and every
+    consumer refuse it."""
+    from devrl.runs import DivergedError, check_verified, list_checkpoints, load_params, train
+
+    config = make_config("smoke", lr=1e30)
+    run_dir = tmp_path / "run"
+    with pytest.raises(DivergedError, match=r"diverged at update \d+: non-finite"):
+        train(config, run_dir)
+    manifest = runs.read_manifest(run_dir)
+    last = manifest["diverged"]["last_finite_update"]
+    assert manifest["updates_done"] == last and not manifest["complete"]
+    for update, path in list_checkpoints(run_dir):
+        assert update <= last
+        assert all(np.isfinite(v).all() for v in load_params(path)["params"]
+                   ["actor_0"].values())
+    assert [p.kind for p in verify_manifest(run_dir)] == ["diverged"]
+    with pytest.raises(ConfigError, match="is not allowed: .*training diverged at update"):
+        check_verified(run_dir)
+    assert run_cli("verify", str(run_dir)).returncode == 1

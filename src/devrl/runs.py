@@ -169,9 +169,42 @@ def mark_pending(directory: Path, files: dict[str, bytes]) -> None:
     atomic_write_json(path, manifest)
 
 
+class DivergedError(ConfigError):
+    """Training produced a non-finite loss or parameters. A ConfigError: resuming from the last
+    finite checkpoint would diverge again, so a sweep does not retry it."""
+
+
+# The per-update losses whose non-finite value marks a diverged run.
+LOSS_COLUMNS = ("actor_loss", "value_loss", "entropy", "approx_kl")
+
+
+def divergence(chunk: pd.DataFrame, params: Any) -> str | None:
+    """None while every loss of `chunk` (one row per update, column `update`) and every
+    parameter is finite; else "diverged at update N: what" for the first offending update
+    (parameters are checked at the chunk's end, so there N is its last update)."""
+    import jax
+
+    present = [c for c in LOSS_COLUMNS if c in chunk.columns]
+    values = chunk[present].to_numpy(dtype=np.float64)
+    rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(rows):
+        row = chunk.iloc[rows[0]]
+        which = [c for c in present if not np.isfinite(row[c])]
+        return (f"diverged at update {int(row['update'])}: non-finite "
+                f"{', '.join(which)} ({', '.join(f'{c}={row[c]}' for c in which)})")
+    bad = [".".join(map(str, path)) for path, leaf in
+           jax.tree_util.tree_flatten_with_path(params)[0]
+           if not np.isfinite(np.asarray(leaf)).all()]
+    if bad:
+        return (f"diverged at update {int(chunk['update'].iloc[-1])}: non-finite parameters "
+                f"in {len(bad)} arrays (first {bad[0]})")
+    return None
+
+
 class Problem(str):
     """One finding of `verify_manifest`: a message, and its `kind`: malformed, missing,
-    changed, unlisted or interrupted."""
+    changed, unlisted, interrupted or diverged (a run whose training produced non-finite values:
+    refused by every consumer)."""
 
     kind: str
 
@@ -228,6 +261,9 @@ def verify_manifest(directory: Path) -> list[Problem]:
         return [Problem("missing" if "no manifest" in str(error) else "malformed", str(error))]
     listed = manifest["files"]
     pending = manifest.get("pending") or {}
+    if isinstance(manifest.get("diverged"), dict):
+        return [Problem("diverged", f"{directory}: training "
+                                    f"{manifest['diverged'].get('message', 'diverged')}")]
     unchecked = tuple(manifest.get("unchecked", ()))
     problems: list[Problem] = []
     interrupted = bool(pending)
@@ -260,6 +296,9 @@ def check_verified(directory: Path, name: str = "run") -> dict[str, Any]:
     """The manifest of `directory` after verifying it; a ConfigError naming `name` otherwise.
     Every consumer of a run directory or data set calls this before reading it."""
     problems = verify_manifest(directory)
+    diverged = [p for p in problems if p.kind == "diverged"]
+    if diverged:
+        raise ConfigError(f"{name}={str(directory)!r} is not allowed: {diverged[0]}")
     if problems:
         if all(p.kind == "interrupted" for p in problems):
             raise ConfigError(f"{name}={str(directory)!r} is not allowed yet: it was "
@@ -611,6 +650,14 @@ def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | Non
         chunk.insert(0, "update", np.arange(done + 1, target + 1))
         chunk.insert(1, "env_steps", chunk["update"] * config.steps_per_update)
         chunk["sps"] = n * config.steps_per_update / seconds
+        diverged = divergence(chunk, runner.train_state.params)
+        if diverged:  # keep the last finite checkpoint and state, and mark the run
+            extra["diverged"] = {"message": diverged, "last_finite_update": done}
+            manifest(done)
+            heartbeat(run_dir, status="diverged", update=done, config=config)
+            raise DivergedError(f"out={str(run_dir)!r}: {diverged}; the run keeps its last "
+                                f"finite checkpoint (update {done}): lower lr or check the "
+                                "config")
         metrics = chunk if metrics is None else pd.concat([metrics, chunk], ignore_index=True)
         done = target
         files = {f"checkpoints/params_{done:06d}.npz":
