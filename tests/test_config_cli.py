@@ -269,3 +269,34 @@ def test_a_config_file_cannot_set_the_seed_silently(tmp_path):
     result = run_cli("train", "--scale", "smoke", "--config", str(path), "--out",
                      str(tmp_path / "out"))
     assert result.returncode == 2 and "it sets 'seed'" in result.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_no_traceback(monkeypatch, capsys):
+    import errno
+
+    from devrl import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/sweep/state.json")
+
+    monkeypatch.setitem(cli.COMMANDS, "verify", full)
+    assert cli.main(["verify", "."]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("devrl verify: error: /runs/sweep/state.json: No space left on device")
+    assert "free some space" in err
+
+
+def test_sigterm_exits_143_with_devrl_s_own_message():
+    code = ("import sys, time\nfrom devrl import cli\n"
+            "cli.COMMANDS['verify'] = lambda args: time.sleep(60)\n"
+            "print('ready', flush=True)\nsys.exit(cli.main(['verify', '.']))\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.5)
+    process.terminate()
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 143
+    assert err.strip() == ("devrl verify: stopped by SIGTERM; rerun the same command to "
+                           "resume")

@@ -5,9 +5,11 @@ written."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -406,8 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:2] == ["sweep", "status"]:  # `devrl sweep status DIR`
         argv = ["sweep-status", *argv[2:]]
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return COMMANDS[args.command](args)
+    except Terminated:
+        print(f"devrl {args.command}: stopped by SIGTERM; rerun the same command to resume",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except ConfigError as error:
         print(f"devrl {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -415,6 +422,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"devrl {args.command}: interrupted; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except OSError as error:  # a full, read-only or vanished disk: one line, no traceback
+        print(f"devrl {args.command}: error: {disk_error(error)}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt, so that `finally` blocks (Ray's
+    shutdown, lock release) run and files written atomically stay whole."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def disk_error(error: OSError) -> str:
+    """An OSError as one line naming the path (if it has one) and the cause."""
+    where = error.filename if error.filename is not None else "the disk"
+    cause = error.strerror or str(error) or type(error).__name__
+    hint = (": free some space, then rerun the same command to resume"
+            if error.errno == errno.ENOSPC else "")
+    return f"{where}: {cause}{hint}"
 
 
 if __name__ == "__main__":
