@@ -295,3 +295,48 @@ def test_a_run_that_diverges_stops_keeps_its_last_finite_checkpoint_and_is_refus
     with pytest.raises(ConfigError, match="is not allowed: .*training diverged at update"):
         check_verified(run_dir)
     assert run_cli("verify", str(run_dir)).returncode == 1
+
+
+# ---------------------------------------------------------------- verify while a writer writes
+def _checkpoint(directory, step: int) -> None:
+    """What the trainer does at a checkpoint: pending checksums, new files, a new manifest."""
+    files = {"metrics.txt": f"rows up to {step}".encode(), f"params_{step}.bin": bytes([step])}
+    runs.mark_pending(directory, files)
+    for rel, data in files.items():
+        runs.atomic_write_bytes(directory / rel, data)
+    write_manifest(directory, {"updates_done": step})
+
+
+def test_verify_is_never_fooled_by_a_checkpoint_written_during_the_check(tmp_path, monkeypatch):
+    """A checkpoint lands while verify hashes the files (the race that made verify report a
+    healthy training run as changed and unlisted): the check is repeated on the new snapshot."""
+    write_manifest(tmp_path, {"updates_done": 0})
+    _checkpoint(tmp_path, 1)
+    real = runs.sha256_file
+    calls = {"n": 0}
+
+    def hashing_while_training(path):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the trainer writes checkpoint 2 in the middle of the check
+            monkeypatch.setattr(runs, "sha256_file", real)
+            _checkpoint(tmp_path, 2)
+            monkeypatch.setattr(runs, "sha256_file", hashing_while_training)
+        return real(path)
+
+    monkeypatch.setattr(runs, "sha256_file", hashing_while_training)
+    assert verify_manifest(tmp_path) == []
+    assert calls["n"] > 3  # it checked again
+
+    writing = {"now": False}
+
+    def always_training(path):
+        if not writing["now"]:  # the writer's own hashing must not start another checkpoint
+            writing["now"] = True
+            _checkpoint(tmp_path, 3 + calls["n"] % 200)
+            writing["now"] = False
+        calls["n"] += 1
+        return real(path)
+
+    monkeypatch.setattr(runs, "sha256_file", always_training)
+    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
+    assert [p.kind for p in verify_manifest(tmp_path)] == ["in-progress"]

@@ -246,6 +246,9 @@ def is_confined_path(rel: str) -> bool:
     return all(part not in ("", ".", "..") for part in rel.split("/"))
 
 
+SNAPSHOT_TRIES = 5  # checks of a folder whose manifest keeps changing before "in progress"
+
+
 def verify_manifest(directory: Path) -> list[Problem]:
     """Problems found when checking `directory` against its manifest (empty = all good).
 
@@ -253,8 +256,31 @@ def verify_manifest(directory: Path) -> list[Problem]:
     files present but not listed (outside the manifest's `unchecked` prefixes, dotfiles and
     subfolders with a manifest of their own) are `unlisted`. Differences explained by the
     manifest's `pending` checksums are one `interrupted` problem: a run killed mid-checkpoint.
+
+    The check is of one snapshot: a writer changes the manifest before and after it replaces
+    files (`mark_pending`, then the new manifest), so a check during which the manifest stayed
+    the same saw files that agree with it or with its pending checksums. A check during which it
+    changed is repeated; if it keeps changing, the folder is `in-progress`, never corrupt.
     """
     directory = Path(directory)
+    for _ in range(SNAPSHOT_TRIES):
+        before = _manifest_bytes(directory)
+        problems = _verify_once(directory)
+        if _manifest_bytes(directory) == before:
+            return problems
+        time.sleep(0.2)
+    return [Problem("in-progress", f"{directory}: being written (its manifest changed during "
+                                   f"each of {SNAPSHOT_TRIES} checks); verify it when idle")]
+
+
+def _manifest_bytes(directory: Path) -> bytes | None:
+    try:
+        return (Path(directory) / "manifest.json").read_bytes()
+    except OSError:
+        return None
+
+
+def _verify_once(directory: Path) -> list[Problem]:
     try:
         manifest = read_manifest(directory)
     except ConfigError as error:
@@ -300,6 +326,9 @@ def check_verified(directory: Path, name: str = "run") -> dict[str, Any]:
     if diverged:
         raise ConfigError(f"{name}={str(directory)!r} is not allowed: {diverged[0]}")
     if problems:
+        if all(p.kind == "in-progress" for p in problems):
+            raise ConfigError(f"{name}={str(directory)!r} is not allowed yet: a live process is "
+                              "writing it; wait for it to finish")
         if all(p.kind == "interrupted" for p in problems):
             raise ConfigError(f"{name}={str(directory)!r} is not allowed yet: it was "
                               "interrupted while writing a checkpoint; rerun its training to "
