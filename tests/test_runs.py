@@ -340,3 +340,20 @@ def test_verify_is_never_fooled_by_a_checkpoint_written_during_the_check(tmp_pat
     monkeypatch.setattr(runs, "sha256_file", always_training)
     monkeypatch.setattr(runs.time, "sleep", lambda s: None)
     assert [p.kind for p in verify_manifest(tmp_path)] == ["in-progress"]
+
+
+@pytest.mark.parametrize("damage", [b"", b"PK\x03\x04 not a zip at all", None])
+def test_a_corrupt_resume_state_is_named_by_its_file_and_is_permanent(tmp_path, damage):
+    """Truncated, garbage, or a zip whose member is cut: a ConfigError (not retried by a sweep)
+    that names the state file, not a zip member."""
+    import zipfile
+
+    path = tmp_path / "latest.npz"
+    atomic_write_npz(path, {"['a']": np.arange(1000.0)})
+    if damage is None:  # cut the member's data in the middle, keep the zip directory
+        data = path.read_bytes()
+        path.write_bytes(data[:40] + b"\0" * 200 + data[240:])
+    else:
+        path.write_bytes(damage)
+    with pytest.raises(ConfigError, match=f"^{path}: the saved training state is unreadable"):
+        runs.load_runner(path, {"a": np.zeros(1000)})

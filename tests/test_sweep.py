@@ -264,19 +264,32 @@ def test_watchdog_restarts_a_stalled_run(reference, tmp_path):
 
 
 def test_a_failing_run_is_given_up_loudly(tmp_path):
+    """A trainer that cannot get through compiling within the stall timeout: killed as stalled,
+    restarted once, then given up, loudly."""
+    out = tmp_path / "runs"
+    result = run_cli("train", "--scale", "smoke", "--seeds", "0", "--out", str(out), "--quiet",
+                     "--max-restarts", "1", "--stall-timeout", "1")
+    assert result.returncode == 1
+    assert "(stalled)" in result.stderr
+    assert "gave up after 1 restarts" in result.stderr
+    status = run_cli("sweep", "status", str(out))
+    assert "1 failed" in status.stdout
+
+
+def test_a_corrupt_resume_state_is_not_retried(tmp_path):
+    """Retrying cannot mend a damaged state file: one attempt, and the file named."""
     out = tmp_path / "runs"
     run_dir = run_dir_for(out, make_config("smoke"))
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(make_config("smoke").to_dict()))
     (run_dir / "state").mkdir()
-    (run_dir / "state" / "latest.npz").write_bytes(b"corrupt")  # every attempt fails at once
+    (run_dir / "state" / "latest.npz").write_bytes(b"corrupt")
     result = run_cli("train", "--scale", "smoke", "--seeds", "0", "--out", str(out), "--quiet",
-                     "--max-restarts", "1")
+                     "--max-restarts", "3")
     assert result.returncode == 1
-    assert "trainer exited with status 1" in result.stderr
-    assert "gave up after 1 restarts" in result.stderr
-    status = run_cli("sweep", "status", str(out))
-    assert "1 failed" in status.stdout
+    assert "latest.npz: the saved training state is unreadable" in result.stderr
+    assert "a permanent error, not retried" in result.stderr
+    assert (run_dir / "train.log").read_text().count("--- ") == 1  # one attempt
 
 
 def test_a_permanent_error_is_not_retried(tmp_path):

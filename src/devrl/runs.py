@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -551,8 +552,14 @@ def load_runner(path: Path, template: Any) -> Any:
     import jax
 
     flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-    with np.load(path) as data:
-        stored = {k: data[k] for k in data.files}
+    try:
+        with np.load(path) as data:
+            stored = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        # a damaged file stays damaged: a ConfigError is permanent, so no retry repeats it
+        raise ConfigError(f"{path}: the saved training state is unreadable ({type(error).__name__}"
+                          f": {error}); delete it to restart this run from update 0, or restore "
+                          "it from a copy") from None
     wanted = {jax.tree_util.keystr(p): leaf for p, leaf in flat}
     missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
     mismatched = [k for k in wanted if k in stored and (
