@@ -346,7 +346,6 @@ def test_verify_is_never_fooled_by_a_checkpoint_written_during_the_check(tmp_pat
 def test_a_corrupt_resume_state_is_named_by_its_file_and_is_permanent(tmp_path, damage):
     """Truncated, garbage, or a zip whose member is cut: a ConfigError (not retried by a sweep)
     that names the state file, not a zip member."""
-    import zipfile
 
     path = tmp_path / "latest.npz"
     atomic_write_npz(path, {"['a']": np.arange(1000.0)})
