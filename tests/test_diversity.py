@@ -1,5 +1,7 @@
 """Diversity measures on constructed populations, policies and networks whose diversity is known."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,7 +95,7 @@ def events_case():
                          "d1": 1.0 + (found <= update < found + 3)})
             hit = update >= found
             for e in range(10):
-                episodes.append({"seed": seed, "update": update, "achievement_new": hit and e < 5,
+                episodes.append({"seed": seed, "update": update, "achievement_new": hit and e < 8,
                                  "achievement_old": True})
     return pd.DataFrame(rows), pd.DataFrame(episodes)
 
@@ -104,8 +106,8 @@ def test_discoveries_and_event_triggered_average():
     new = found[found["achievement"] == "new"].set_index("seed")["update"]
     assert new.to_dict() == {0: 10.0, 1: 20.0}
     old = found[found["achievement"] == "old"]
-    assert old["known_at_start"].all()
-    events = found[~found["known_at_start"] & found["update"].notna()]
+    assert old["update"].isna().all()  # earned from the start, never more often: no discovery
+    events = found[found["update"].notna()]
     table = dv.event_triggered(measure, "d1", events, window=3, draws=300)
     assert table["mean"].tolist() == [1.0, 1.0, 1.0]
     assert (table["null_mean"] < 0.3).all() and (table["effect"] > 2).all()
@@ -203,7 +205,7 @@ def test_leaving_the_discovered_achievement_out_removes_its_own_contribution():
                              "achievement_b": bool(rng.integers(2))})
     episodes = pd.DataFrame(episodes)
     found = dv.discoveries(episodes, by=("variant", "seed"))
-    events = found[~found["known_at_start"] & found["update"].notna()]
+    events = found[found["update"].notna()]
     assert events["achievement"].tolist() == ["new"] and events["update"].tolist() == [6.0]
     table = dv.strategy_table(episodes, by=("variant", "seed", "update"))
     assert table.loc[6, "d1"] > 1.7 * table.loc[5, "d1"]  # the new bit alone, nearly 2x
@@ -222,3 +224,40 @@ def test_jsd_states_are_a_fixed_stratified_sample_of_the_probe():
     counts = np.bincount(contexts[picked], minlength=3)
     assert list(counts) == [100, 40, 100]  # an equal share, or all a context has
     assert len(dv.jsd_states(probe, size=10_000)) == len(contexts)
+
+
+def _curve(rates: list[float], episodes: int = 64) -> pd.DataFrame:
+    """Per-episode successes whose rate at checkpoint i is rates[i] (exactly, by count)."""
+    rows = []
+    for update, rate in enumerate(rates):
+        wins = round(rate * episodes)
+        rows += [{"seed": 0, "update": update, "achievement_x": e < wins}
+                 for e in range(episodes)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(("rates", "expected"), [
+    ([0.3] * 10, None),  # starts high, never rises: no discovery
+    ([0.3, 0.3, 0.25, 0.35, 0.3, 0.3], None),  # noise around the start
+    ([0.0, 0.0, 0.0, 0.5, 0.6, 0.7], 3),  # rises at checkpoint 3
+    ([0.25, 0.25, 0.3, 0.7, 0.9, 0.95], 3),  # the plant: a quarter already, then far more
+    ([0.0, 0.0, 0.6, 0.0, 0.0, 0.6, 0.7], 5),  # a one-checkpoint blip is not sustained
+    ([0.0, 0.0, 0.0, 0.0, 0.0, 0.9], None),  # a rise at the last checkpoint: not yet sustained
+])
+def test_discovery_is_a_sustained_significant_rise_over_the_untrained_rate(rates, expected):
+    found = dv.discoveries(_curve(rates)).iloc[0]
+    if expected is None:
+        assert np.isnan(found["update"])
+    else:
+        assert found["update"] == expected and found["p"] < dv.DISCOVERY_ALPHA
+    assert found["baseline_rate"] == pytest.approx(round(rates[0] * 64) / 64)
+
+
+def test_a_stricter_level_finds_discoveries_no_earlier():
+    rates = [0.05, 0.05, 0.15, 0.2, 0.3, 0.5, 0.6, 0.7]
+    at = {alpha: dv.discoveries(_curve(rates), alpha).iloc[0]["update"]
+          for alpha in dv.DISCOVERY_ALPHAS}
+    levels = sorted(dv.DISCOVERY_ALPHAS, reverse=True)
+    assert all(at[a] <= at[b] for a, b in itertools.pairwise(levels))
+    with pytest.raises(ConfigError, match="^alpha=1.5 is not allowed"):
+        dv.discoveries(_curve(rates), 1.5)

@@ -26,8 +26,15 @@ Three measures, each per checkpoint, each checked on constructed cases in `tests
   that varies along d directions counts as d.
 
 **Events** (`discoveries`, `event_triggered`): an achievement is *discovered* at the first
-checkpoint where its success rate over the evaluation episodes reaches `DISCOVERY_THRESHOLD`
-(achievements already at that rate at update 0 are known from the start, not discovered). The
+checkpoint after the first where its success count over the evaluation episodes exceeds the
+untrained policy's (the first checkpoint's) by a margin that a one-sided Fisher exact test (the
+binomial comparison of two success counts) calls significant at level `DISCOVERY_ALPHA`, and
+again at the next checkpoint. So an achievement the untrained policy already earns (the plant,
+in about a quarter of its episodes) is discovered when the trained policy earns it
+significantly more often, and one that starts high and never rises is never discovered. This
+rule replaced on 2026-12-06, before any diversity data set was built with it, a fixed success
+rate of 0.2, which the untrained policy already met for the plant, wood, sapling and wake-up.
+`DISCOVERY_ALPHAS` are the levels of the sensitivity check. The
 event-triggered average of a measure is its mean change from the checkpoint before the discovery to
 each checkpoint after, over (run, achievement) events; the null draws the same number of events
 at random checkpoints of the same runs (anywhere after the first checkpoint, and, against slow
@@ -48,7 +55,8 @@ import pandas as pd
 
 from devrl.config import ConfigError, TrainConfig
 
-DISCOVERY_THRESHOLD = 0.2  # success rate over the evaluation episodes that marks a discovery
+DISCOVERY_ALPHA = 0.01  # level of the one-sided test against the untrained policy's count
+DISCOVERY_ALPHAS = (0.05, 0.01, 0.001)  # the rule's level and two others, side by side
 BOOTSTRAP = 200  # bootstrap resamples of the episodes for the Hill numbers' intervals
 BOOTSTRAP_SEED = 2024
 HILL_ORDERS = (0, 1, 2)
@@ -228,22 +236,38 @@ def circuit_network(usage: Sequence[float], width: int = 32, depth: int = 2,
 
 
 # ------------------------------------------------------------------ events
-def discoveries(episodes: pd.DataFrame, threshold: float = DISCOVERY_THRESHOLD,
+def discoveries(episodes: pd.DataFrame, alpha: float = DISCOVERY_ALPHA,
                 by: Sequence[str] = ("seed",)) -> pd.DataFrame:
-    """Per run (`by`) and achievement: the first checkpoint whose evaluation success rate reaches
-    `threshold`. Rows: *by, achievement, `update` (NaN if never), `known_at_start`."""
+    """Per run (`by`) and achievement, from per-episode 0/1 `achievement_*` columns: the first
+    checkpoint after the first at which, and at the next, the success count is larger than the
+    first checkpoint's by a one-sided Fisher exact test at level `alpha`. Rows: *by,
+    achievement, `update` (NaN if never), `baseline_rate` (the first checkpoint's rate),
+    `rate` (at the discovery), `p` (the test's p-value there)."""
+    from scipy.stats import fisher_exact
+
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha={alpha!r} is not allowed: must be in (0, 1)")
     columns = [c for c in episodes.columns if c.startswith("achievement_")]
-    rates = episodes.groupby([*by, "update"])[columns].mean().reset_index()
+    counts = episodes.groupby([*by, "update"])[columns].agg(["sum", "count"])
     rows = []
-    for key, group in rates.groupby(list(by), sort=True):
+    for key, group in counts.groupby(level=list(range(len(by))), sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        group = group.sort_values("update")
+        group = group.droplevel(list(range(len(by)))).sort_index()
+        updates = group.index.to_numpy()
         for column in columns:
-            reached = group.loc[group[column] >= threshold, "update"]
-            first = float(reached.iloc[0]) if len(reached) else np.nan
+            wins = group[(column, "sum")].to_numpy(dtype=int)
+            total = group[(column, "count")].to_numpy(dtype=int)
+            p = np.ones(len(updates))
+            for i in range(1, len(updates)):
+                table = [[wins[i], total[i] - wins[i]], [wins[0], total[0] - wins[0]]]
+                p[i] = fisher_exact(table, alternative="greater").pvalue
+            hits = [i for i in range(1, len(updates) - 1) if p[i] < alpha and p[i + 1] < alpha]
+            first = hits[0] if hits else None
             rows.append({**dict(zip(by, key)), "achievement": column[len("achievement_"):],
-                         "update": first,
-                         "known_at_start": bool(len(reached)) and first == group["update"].min()})
+                         "update": float(updates[first]) if first is not None else np.nan,
+                         "baseline_rate": wins[0] / total[0] if total[0] else np.nan,
+                         "rate": wins[first] / total[first] if first is not None else np.nan,
+                         "p": p[first] if first is not None else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -468,19 +492,20 @@ def others_table(episodes: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
 
 
 def event_tables(checkpoints: pd.DataFrame, network: pd.DataFrame, episodes: pd.DataFrame,
-                 threshold: float, window: int, draws: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Discoveries per (variant, seed, achievement), and the event-triggered average of each
-    EVENT_MEASURES around them, per variant and over all variants ("all"). `d1_others` is
-    measured per discovery (`others_table`), the others per run."""
-    achievements = [c for c in checkpoints.columns if c.startswith("achievement_")]
+                 window: int, draws: int, alpha: float = DISCOVERY_ALPHA
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Discoveries per (variant, seed, achievement) at level `alpha` (from the per-episode
+    table), and the event-triggered average of each EVENT_MEASURES around them, per variant and
+    over all variants ("all"). `d1_others` is measured per discovery (`others_table`), the
+    others per run."""
+    achievements = [c for c in episodes.columns if c.startswith("achievement_")]
     found = []
-    for variant, group in checkpoints.groupby("variant"):
-        rates = group[["seed", "update", *achievements]]
-        table = discoveries(rates, threshold)
+    for variant, group in episodes.groupby("variant"):
+        table = discoveries(group[["seed", "update", *achievements]], alpha)
         table.insert(0, "variant", variant)
         found.append(table)
     found = pd.concat(found, ignore_index=True)
-    events = found[~found["known_at_start"] & found["update"].notna()]
+    events = found[found["update"].notna()]
     measures = checkpoints[["variant", "seed", "update", "d1", "d2"]].merge(
         network[["variant", "seed", "update", "pr_last"]], on=["variant", "seed", "update"],
         how="left")
@@ -506,6 +531,19 @@ def event_tables(checkpoints: pd.DataFrame, network: pd.DataFrame, episodes: pd.
     columns = ["variant", "measure", "offset", "events", "mean", "null_mean", "null_sd",
                "effect", "p", "null_mean_local", "null_sd_local", "effect_local", "p_local"]
     return found, (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns))
+
+
+def event_sensitivity(checkpoints: pd.DataFrame, network: pd.DataFrame, episodes: pd.DataFrame,
+                      window: int, draws: int) -> pd.DataFrame:
+    """The event-triggered averages over all variants at each level of DISCOVERY_ALPHAS, side
+    by side (column `alpha`; `discoveries`: how many (run, achievement) events that level
+    finds)."""
+    rows = []
+    for alpha in DISCOVERY_ALPHAS:
+        found, events = event_tables(checkpoints, network, episodes, window, draws, alpha)
+        pooled = events[events["variant"] == "all"] if len(events) else events
+        rows.append(pooled.assign(alpha=alpha, discoveries=int(found["update"].notna().sum())))
+    return pd.concat(rows, ignore_index=True)
 
 
 # The model's jump sweep (devrl.toys.evolution.jump_sweep) per scale: the full grid, or a
@@ -553,8 +591,7 @@ def fit_inputs(checkpoints: pd.DataFrame, found: pd.DataFrame):
     for variant, group in checkpoints.groupby("variant"):
         mean = group.groupby("update")["d1"].mean()
         seeds = group["seed"].nunique()
-        events = found[(found["variant"] == variant) & ~found["known_at_start"]
-                       & found["update"].notna()]
+        events = found[(found["variant"] == variant) & found["update"].notna()]
         rewards, times = [1.0], [0.0]
         for achievement, rows in sorted(events.groupby("achievement"),
                                         key=lambda item: item[1]["update"].median()):
@@ -838,14 +875,16 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     episodes = pd.concat(episodes, ignore_index=True)
     checkpoints = checkpoint_table(episodes)
     network = pd.concat(network, ignore_index=True)
-    found, events = event_tables(checkpoints, network, episodes, DISCOVERY_THRESHOLD,
-                                 settings["window"],
+    found, events = event_tables(checkpoints, network, episodes, settings["window"],
                                  settings["draws"])
+    sensitivity = event_sensitivity(checkpoints, network, episodes, settings["window"],
+                                    settings["draws"])
     curves, jumps = prediction_tables()
     tables = {"checkpoints": checkpoints, "network": network,
               "probe_policy": pd.concat(probe_rows, ignore_index=True),
               "jsd": jsd_table(policies), "training": pd.concat(training, ignore_index=True),
-              "discoveries": found, "events": events, "model_predictions": curves,
+              "discoveries": found, "events": events, "event_sensitivity": sensitivity,
+              "model_predictions": curves,
               "model_jumps": jumps, "model_sweep": jump_sweep(**settings["sweep"])}
     if settings["fit"]:
         tables["model_fit"], tables["model_fit_curves"] = fit_tables(checkpoints, found)
@@ -856,7 +895,8 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
                 "(devrl.diversity): strategy Hill numbers, pairwise JSD, participation ratio, "
                 "discoveries and event-triggered averages, and the replicator-mutator model",
         "made_by": f"devrl figure reward-variants -p scale {scale} -p recompute True",
-        "sweep": spec.to_dict(), "settings": {**settings, "threshold": DISCOVERY_THRESHOLD,
+        "sweep": spec.to_dict(), "settings": {**settings, "discovery_alpha": DISCOVERY_ALPHA,
+                                              "discovery_alphas": list(DISCOVERY_ALPHAS),
                                               "bootstrap": BOOTSTRAP,
                                               "eval": _eval_settings(scale),
                                               "jsd_states": {"size": JSD_STATES,
