@@ -352,6 +352,15 @@ def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
                    logprobs=logprobs)
 
 
+def craftax_source(scale: str, seeds: list[int] | None = None) -> Path:
+    """`data/craftax-<scale>` for a study built on it: recomputed first if absent, verified."""
+    craftax = data_root() / f"craftax-{scale}"
+    if not (craftax / "manifest.json").exists():
+        craftax_data(scale, seeds, recompute=True)
+    open_data_set(craftax, scale)
+    return craftax
+
+
 def open_data_set(folder: Path, scale: str) -> dict[str, Any]:
     """The manifest of the data set in `folder`, after checking every file against it."""
     from devrl.runs import verify_manifest
@@ -535,10 +544,7 @@ def regime_data(scale: str = "cpu", recompute: bool = False) -> RegimeData:
     def build():
         from devrl import regime
 
-        craftax = data_root() / f"craftax-{scale}"
-        if not (craftax / "manifest.json").exists():
-            craftax_data(scale, recompute=True)
-        open_data_set(craftax, scale)
+        craftax = craftax_source(scale)
         tables, extra = regime.study_tables(scale, craftax, runs_root() / f"llc-regime-{scale}",
                                             progress=lambda message: print(message, flush=True))
         return tables, {
@@ -671,9 +677,7 @@ def localisation_data(scale: str = "cpu", seeds: list[int] | None = None,
     def build():
         from devrl import localisation
 
-        craftax = data_root() / f"craftax-{scale}"
-        if not (craftax / "manifest.json").exists():
-            craftax_data(scale, seeds, recompute=True)
+        craftax_source(scale, seeds)
         return localisation.study_tables(scale, craftax_data(scale, seeds),
                                          progress=lambda m: print(m, flush=True))
 
@@ -772,10 +776,7 @@ def output_llc_data(scale: str = "cpu", seeds: list[int] | None = None,
     def build():
         from devrl import output_llc
 
-        craftax = data_root() / f"craftax-{scale}"
-        if not (craftax / "manifest.json").exists():
-            craftax_data(scale, seeds, recompute=True)
-        open_data_set(craftax, scale)
+        craftax = craftax_source(scale, seeds)
         tables, extra = output_llc.study_tables(scale, craftax, seeds,
                                                 progress=lambda m: print(m, flush=True))
         return tables, {
