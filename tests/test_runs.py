@@ -356,3 +356,33 @@ def test_a_corrupt_resume_state_is_named_by_its_file_and_is_permanent(tmp_path, 
         path.write_bytes(damage)
     with pytest.raises(ConfigError, match=f"^{path}: the saved training state is unreadable"):
         runs.load_runner(path, {"a": np.zeros(1000)})
+
+
+def test_a_manifest_names_the_commit_its_process_started_from(clone):
+    """A trainer that outlives a commit keeps naming the code it imported, not the new HEAD."""
+    import shutil
+    import subprocess
+    import sys
+
+    # the clone runs this checkout's code, committed there as the code the process starts from
+    for module in (runs.repository_of() / "src" / "devrl").glob("*.py"):
+        shutil.copy(module, clone / "src" / "devrl" / module.name)
+    _git(clone, "add", "-A")
+    _git(clone, "commit", "--quiet", "--allow-empty", "-m", "the code under test")
+    code = ("import sys, pathlib\n"
+            "from devrl import runs\n"  # imported here: its provenance is taken now
+            "print(runs.git_commit(), flush=True)\n"
+            "sys.stdin.readline()\n"  # meanwhile the work tree gets a new commit
+            "print(runs.write_manifest(pathlib.Path(sys.argv[1]), {})['git_commit'])\n")
+    process = subprocess.Popen([sys.executable, "-c", code, str(clone / "out")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               env={**__import__("os").environ,
+                                    "PYTHONPATH": str(clone / "src")})
+    (clone / "out").mkdir()
+    started = process.stdout.readline().strip()
+    assert started == _git(clone, "rev-parse", "HEAD")
+    (clone / "src" / "devrl" / "config.py").write_text(
+        (clone / "src" / "devrl" / "config.py").read_text() + "\n# later\n")
+    _git(clone, "commit", "--quiet", "-am", "a commit while the process runs")
+    written, _ = process.communicate("go\n", timeout=120)
+    assert written.strip() == started != _git(clone, "rev-parse", "HEAD")

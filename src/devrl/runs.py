@@ -155,8 +155,11 @@ def write_manifest(directory: Path, extra: dict[str, Any], exclude: tuple[str, .
         if (path.is_file() and rel != "manifest.json" and not path.name.startswith(".")
                 and not rel.startswith(exclude)):
             files[rel] = sha256_file(path)
-    manifest = {**extra, "versions": package_versions(), "git_commit": git_commit(),
-                "source": loaded_sources(), "written": now(), "unchecked": list(exclude), "files": files}
+    started = process_provenance()
+    source = {**started["source"], **{k: v for k, v in loaded_sources().items()
+                                      if k not in started["source"]}}
+    manifest = {**extra, "versions": package_versions(), "git_commit": started["git_commit"],
+                "source": source, "written": now(), "unchecked": list(exclude), "files": files}
     atomic_write_json(directory / "manifest.json", manifest)
     return manifest
 
@@ -359,6 +362,19 @@ def repository_of(package_dir: Path | None = None) -> Path | None:
         return Path(_git(["rev-parse", "--show-toplevel"], here).strip())
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+_PROCESS_PROVENANCE: dict[str, Any] = {}
+
+
+def process_provenance() -> dict[str, Any]:
+    """{"git_commit", "source"} of the code this process loaded, taken once, at the first call
+    (devrl.runs calls it when it is imported): a long-running trainer keeps recording the commit
+    it started from, not whatever the work tree has moved to since (a commit made while a run
+    trains would otherwise be named as the run's code)."""
+    if not _PROCESS_PROVENANCE:
+        _PROCESS_PROVENANCE.update(git_commit=git_commit(), source=loaded_sources())
+    return _PROCESS_PROVENANCE
 
 
 def git_commit(package_dir: Path | None = None) -> str:
@@ -739,3 +755,8 @@ def read_progress(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((Path(run_dir) / "progress.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+# The code this process runs is the code it imported: take its provenance now (see
+# process_provenance), before a long run outlives a commit of the work tree.
+process_provenance()
