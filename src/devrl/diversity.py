@@ -533,14 +533,12 @@ def event_tables(checkpoints: pd.DataFrame, network: pd.DataFrame, episodes: pd.
     return found, (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns))
 
 
-def event_sensitivity(checkpoints: pd.DataFrame, network: pd.DataFrame, episodes: pd.DataFrame,
-                      window: int, draws: int) -> pd.DataFrame:
-    """The event-triggered averages over all variants at each level of DISCOVERY_ALPHAS, side
-    by side (column `alpha`; `discoveries`: how many (run, achievement) events that level
-    finds)."""
+def event_sensitivity(by_alpha: dict[float, tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
+    """The event-triggered averages over all variants at each level (`by_alpha`: alpha →
+    `event_tables` at that level), side by side (column `alpha`; `discoveries`: how many (run,
+    achievement) events that level finds)."""
     rows = []
-    for alpha in DISCOVERY_ALPHAS:
-        found, events = event_tables(checkpoints, network, episodes, window, draws, alpha)
+    for alpha, (found, events) in by_alpha.items():
         pooled = events[events["variant"] == "all"] if len(events) else events
         rows.append(pooled.assign(alpha=alpha, discoveries=int(found["update"].notna().sum())))
     return pd.concat(rows, ignore_index=True)
@@ -875,10 +873,10 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     episodes = pd.concat(episodes, ignore_index=True)
     checkpoints = checkpoint_table(episodes)
     network = pd.concat(network, ignore_index=True)
-    found, events = event_tables(checkpoints, network, episodes, settings["window"],
-                                 settings["draws"])
-    sensitivity = event_sensitivity(checkpoints, network, episodes, settings["window"],
-                                    settings["draws"])
+    by_alpha = {alpha: event_tables(checkpoints, network, episodes, settings["window"],
+                                    settings["draws"], alpha) for alpha in DISCOVERY_ALPHAS}
+    found, events = by_alpha[DISCOVERY_ALPHA]  # the rule's level, computed once
+    sensitivity = event_sensitivity(by_alpha)
     curves, jumps = prediction_tables()
     tables = {"checkpoints": checkpoints, "network": network,
               "probe_policy": pd.concat(probe_rows, ignore_index=True),
