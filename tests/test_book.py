@@ -256,6 +256,13 @@ def test_diversity_study_rebuilds_from_its_digests_without_the_runs(smoke_env, t
         assert_frame_equal(before.tables[name], after.tables[name])
     assert {r.get("digest") for r in after.manifest["runs"]} == {
         None, "no_plant-seed_0", "every_plant-seed_0", "plant_x4-seed_0"}
+    # Without training, the study holds the runs that have a digest and says which it lacks.
+    shutil.move(digests / "plant_x4-seed_0", tmp_path / "plant_x4")
+    partial = analysis.diversity_data("smoke", [0], recompute=True, train=False)
+    assert sorted(partial.manifest["held"]) == ["every_plant-seed_0", "no_plant-seed_0"]
+    assert len(partial.manifest["planned"]) == 3
+    assert "plant_x4" not in set(partial.checkpoints["variant"])
+    shutil.move(tmp_path / "plant_x4", digests / "plant_x4-seed_0")
 
     shutil.copytree(digests / "no_plant-seed_0", tmp_path / "kept")
     with open(digests / "no_plant-seed_0" / "episodes.parquet", "ab") as handle:

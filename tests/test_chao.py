@@ -84,3 +84,78 @@ def test_known_small_cases_and_bad_counts():
         chao.estimates([0.5, 2])
     with pytest.raises(ConfigError, match="^level=1.5 is not allowed"):
         chao.intervals([1, 2, 3], level=1.5)
+
+
+# ------------------------------------------------------------------ at equal sample coverage
+P = ZIPF / ZIPF.sum()
+
+
+def expected_at(m: int, rng: np.random.Generator) -> dict[int, float]:
+    """What the rarefied and extrapolated numbers estimate, for samples of m from P: the expected
+    richness and coverage in closed form, D2 as 1/E[Simpson], D1 as exp(E[entropy]) (simulated)."""
+    entropies = []
+    for _ in range(2_000):
+        counts = rng.multinomial(m, P)
+        share = counts[counts > 0] / m
+        entropies.append(-(share * np.log(share)).sum())
+    return {0: float(np.sum(1 - (1 - P) ** m)), 1: float(np.exp(np.mean(entropies))),
+            2: float(1 / (1 / m + (1 - 1 / m) * np.sum(P ** 2)))}
+
+
+def test_at_its_own_size_a_sample_has_its_own_numbers_and_the_curve_is_continuous():
+    from devrl.diversity import hill_numbers
+
+    x = np.random.default_rng(4).multinomial(64, P)
+    x = x[x > 0]
+    own, plug_in = chao.diversity_at(x, 64), hill_numbers(x)
+    for q in (0, 1, 2):
+        assert own[q] == pytest.approx(plug_in[q], rel=1e-9)
+        below, above = chao.diversity_at(x, 63)[q], chao.diversity_at(x, 65)[q]
+        assert below <= own[q] <= above and above - below < 0.05 * own[q]
+    assert chao.coverage_at(x, 64) == pytest.approx(chao.coverage(x))
+    assert chao.coverage_at(x, 63) < chao.coverage_at(x, 64) < chao.coverage_at(x, 65)
+
+
+def test_rarefied_richness_and_coverage_are_unbiased_for_samples_of_m():
+    """A subsample of m from a multinomial sample of n is a multinomial sample of m, so the
+    rarefied richness and coverage are unbiased for the expected richness 1 − Σ(1 − p)^m and
+    coverage 1 − Σ p(1 − p)^m of m individuals."""
+    rng = np.random.default_rng(6)
+    samples = [rng.multinomial(64, P) for _ in range(400)]
+    for m in (8, 32):
+        richness = np.mean([chao.diversity_at(x, m)[0] for x in samples])
+        covered = np.mean([chao.coverage_at(x, m) for x in samples])
+        assert richness == pytest.approx(np.sum(1 - (1 - P) ** m), rel=0.01)
+        assert covered == pytest.approx(1 - np.sum(P * (1 - P) ** m), rel=0.01)
+
+
+def test_the_size_for_a_coverage_reaches_it_and_the_base_is_the_least_complete_sample():
+    rng = np.random.default_rng(8)
+    samples = [rng.multinomial(n, P) for n in (32, 64, 256)]
+    base = chao.base_coverage(samples)
+    assert base == pytest.approx(min(chao.coverage_at(x, 2 * x.sum()) for x in samples))
+    for x in samples:
+        m = chao.size_for_coverage(x, base)
+        assert m <= 2 * x.sum()
+        assert abs(chao.coverage_at(x, m) - base) <= abs(chao.coverage_at(x, m + 1) - base)
+        assert abs(chao.coverage_at(x, m) - base) <= abs(chao.coverage_at(x, max(m - 1, 1)) - base)
+    assert chao.size_for_coverage([5, 5, 2], 1.0) <= 12  # complete already: never beyond n
+    with pytest.raises(ConfigError, match=r"^target=1.5 is not allowed: must be a coverage in"):
+        chao.size_for_coverage(samples[0], 1.5)
+
+
+@pytest.mark.parametrize("m", [32, 128], ids=["rarefied", "extrapolated"])
+def test_intervals_at_a_common_size_cover_what_they_estimate(m):
+    """200 samples of 64 (the episodes of a checkpoint) from the Zipf assemblage, taken to m = 32
+    and m = 128: each 90% interval covers the expected D_q of m individuals in at least 80% of
+    samples (measured: 0.83-0.92 for q = 0, 1, 2; the se from the estimated assemblage is
+    slightly small when rarefying) and contains its own estimate."""
+    rng = np.random.default_rng(10)
+    target = expected_at(m, rng)
+    hits = {q: 0 for q in target}
+    for replicate in range(200):
+        found = chao.standardised(rng.multinomial(64, P), m, seed=replicate)
+        for q, (estimate, low, high) in found.items():
+            assert low <= estimate <= high
+            hits[q] += low <= target[q] <= high
+    assert all(count / 200 >= 0.80 for count in hits.values()), hits

@@ -23,19 +23,27 @@ def test_hill_numbers_of_known_distributions():
         dv.hill_numbers([0, 0])
 
 
-def test_strategy_diversity_and_its_bootstrap():
+def test_strategy_diversity_and_its_intervals():
     rng = np.random.default_rng(0)
     p = np.array([0.4, 0.3, 0.2, 0.1])
     truth = dv.hill_numbers(p)
     sample = rng.choice(4, size=4000, p=p).astype(str)
-    out = dv.strategy_diversity(sample)
+    out = dv.strategy_diversity(sample, base=0.5)
     for q in (0, 1, 2):
-        assert out[f"d{q}"] == pytest.approx(truth[q], rel=0.03)
-        assert out[f"d{q}_low"] <= truth[q] + 1e-9 and truth[q] <= out[f"d{q}_high"] + 1e-9
+        for kind in ("", "_asy"):
+            assert out[f"d{q}{kind}"] == pytest.approx(truth[q], rel=0.03)
+            assert out[f"d{q}{kind}_low"] <= truth[q] + 1e-9 <= out[f"d{q}{kind}_high"] + 2e-9
+        # every interval contains its own estimate
+        for kind in ("", "_asy", "_cov"):
+            assert out[f"d{q}{kind}_low"] <= out[f"d{q}{kind}"] <= out[f"d{q}{kind}_high"]
     assert out["coverage"] == 1.0
+    # at a coverage of one half, a sample of one or two individuals of this assemblage
+    assert out["m_cov"] in (1, 2) and out["d0_cov"] <= 2
     # Every episode different: richness = episodes, coverage 0.
     unique = dv.strategy_diversity(np.arange(10).astype(str))
-    assert unique["d0"] == 10 and unique["coverage"] == 0.0
+    assert unique["d0"] == 10 and unique["coverage"] == 0.0 and "d1_cov" not in unique
+    with pytest.raises(ConfigError, match="^strategies of 1 episodes is not allowed"):
+        dv.strategy_diversity(np.array(["a"]))
     # Strategies are sets of unlocked achievements.
     labels = dv.strategy_labels(np.array([[1, 0, 1], [1, 0, 1], [0, 1, 0]]))
     assert list(labels) == ["101", "101", "010"]
@@ -47,6 +55,27 @@ def test_strategy_table_groups_by_checkpoint():
                              "achievement_b": [0, 0, 0, 0, 0, 1, 1, 0]})
     table = dv.strategy_table(episodes)
     assert list(table["d0"]) == [1, 4] and list(table["episodes"]) == [4, 4]
+
+
+def test_checkpoints_of_one_assemblage_agree_at_equal_coverage_but_not_at_their_own_size():
+    """The same strategy distribution sampled with 32 and with 512 episodes: the plug-in richness
+    differs by far more than its intervals allow, the numbers at the common coverage C* do not
+    (their difference is within the combined 90% half-widths)."""
+    rng = np.random.default_rng(11)
+    p = 1 / np.arange(1, 31)
+    rows = []
+    for update, n in ((0, 32), (1, 512)):
+        for kind in rng.choice(30, size=n, p=p / p.sum()):
+            rows.append({"seed": 0, "update": update, **{f"achievement_{b}": (kind >> b) & 1
+                                                         for b in range(5)}})
+    table = dv.strategy_table(pd.DataFrame(rows)).set_index("update")
+    small, large = table.loc[0], table.loc[1]
+    assert small["d0_high"] < large["d0_low"]
+    assert table["base_coverage"].nunique() == 1 and small["m_cov"] < large["m_cov"]
+    for q in (0, 1, 2):
+        width = np.hypot(*[(row[f"d{q}_cov_high"] - row[f"d{q}_cov_low"]) / 2
+                           for row in (small, large)])
+        assert abs(small[f"d{q}_cov"] - large[f"d{q}_cov"]) <= width, q
 
 
 def test_jensen_shannon_known_values():
@@ -261,3 +290,19 @@ def test_a_stricter_level_finds_discoveries_no_earlier():
     assert all(at[a] <= at[b] for a, b in itertools.pairwise(levels))
     with pytest.raises(ConfigError, match="^alpha=1.5 is not allowed"):
         dv.discoveries(_curve(rates), 1.5)
+
+
+def test_prose_helpers_name_missing_structures_and_the_kind_of_each_prediction():
+    table = pd.DataFrame({"variant": ["no_plant", "default"], "x": [1.234, 2.0],
+                          "x_sd": [0.1, 0.25]})
+    assert dv.listing(table, "x", ".1f") == (
+        "`default` 2.0 ± 0.2, `no_plant` 1.2 ± 0.1 (`every_plant` and `plant_x4`: no run yet)")
+    assert dv.listing(table, "x", ".2f", sd=False, variants=["no_plant"]) == "`no_plant` 1.23"
+    manifest = {"planned": ["no_plant-seed_0", "no_plant-seed_1", "plant_x4-seed_0"],
+                "held": ["no_plant-seed_1"]}
+    assert dv.holding(manifest) == ("1 of the 3 planned variant runs (`no_plant` 1 of 2 seeds; "
+                                    "`plant_x4` 0 of 1 seeds)")
+    said = dv.stated({"p1": "held", "p2": "untested", "p3": "did not hold"})
+    assert said == {"p1": "held (exploratory)", "p2": "untested (it would be a test)",
+                    "p3": "did not hold (a test)"}
+    assert set(dv.PREDICTION_KIND) == {f"p{i}" for i in range(1, 8)}

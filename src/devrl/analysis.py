@@ -627,12 +627,13 @@ class DiversityData:
 
 
 def diversity_data(scale: str = "cpu", seeds: list[int] | None = None,
-                   recompute: bool = False) -> DiversityData:
+                   recompute: bool = False, train: bool = True) -> DiversityData:
     """The diversity study's data set (`seeds`, or every seed it holds); with `recompute`, train
     its sweep (`src/devrl/sweeps/reward-<scale>.yaml`, `seeds` or the sweep's own) into
     `DEVRL_RUNS/reward-<scale>/` (finished runs are skipped, interrupted ones resume), evaluate
     and measure every run (cached in the run), measure the control (`data/craftax-<scale>`,
-    recomputed first if absent) and replace the data set."""
+    recomputed first if absent) and replace the data set. With `recompute` and not `train`,
+    build it from the runs already digested (`data/reward-runs-<scale>`), training nothing."""
     seeds = check_seeds(seeds)
 
     def build():
@@ -643,7 +644,8 @@ def diversity_data(scale: str = "cpu", seeds: list[int] | None = None,
             craftax_data(scale, seeds, recompute=True)
         control = craftax_data(scale, seeds)
         return diversity.study_tables(scale, runs_root() / f"reward-{scale}", control, seeds,
-                                      progress=lambda message: print(message, flush=True))
+                                      progress=lambda message: print(message, flush=True),
+                                      train=train)
 
     picked, manifest, folder, chosen = seeded_table_set(
         "diversity", scale, seeds, recompute, build)

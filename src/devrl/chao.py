@@ -10,6 +10,15 @@ assemblage. We implement the three estimators and the bootstrap from the papers 
 maintained Python package offers both (scikit-bio has Chao1 and plug-in Hill numbers; iNEXT,
 which has everything, is R).
 
+Comparing samples at equal completeness (`coverage_at`, `diversity_at`, `size_for_coverage`,
+`standardised`, `base_coverage`): Chao & Jost (2012) and Chao et al. (2014) compare assemblages
+not at their own sample sizes but at a common sample coverage C*, the share of the assemblage's
+individuals that belong to types a sample has seen. Each sample is rarefied (m < n, the exact
+expectations over subsamples of size m) or extrapolated (m > n, from the estimated undetected
+types) to the size m at which its expected coverage is C*, and D_q is taken there. C* is the
+smallest coverage any of the compared samples reaches at twice its size (`base_coverage`), so
+that no sample is extrapolated further than that.
+
 Individual-based abundance data: `counts[i]` is how many of the n sampled individuals (here:
 evaluation episodes) belong to type i (here: the strategy, the set of achievements unlocked).
 
@@ -35,6 +44,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import brentq
+from scipy.special import gammaln
 from scipy.stats import norm
 
 from devrl.config import ConfigError
@@ -158,4 +168,123 @@ def intervals(counts: Sequence[float] | np.ndarray, level: float = 0.9,
         if q == 0:
             low = max(low, float(len(x)))
         out[q] = (value, max(low, 1.0), high)
+    return out
+
+
+# ------------------------------------------------------------------ at equal sample coverage
+def _lchoose(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+    """log C(a, b), −inf where b < 0 or b > a."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = (b >= 0) & (b <= a)
+    safe_b, safe_ab = np.where(ok, b, 0.0), np.where(ok, a - b, 0.0)
+    return np.where(ok, gammaln(a + 1) - gammaln(safe_b + 1) - gammaln(safe_ab + 1), -np.inf)
+
+
+def _f0_and_decay(x: np.ndarray) -> tuple[float, float]:
+    """Chao et al. (2014)'s f̂0 (f1²/(2f2) · (n−1)/n, or f1(f1−1)/2 · (n−1)/n where f2 = 0) and
+    A = n f̂0 / (n f̂0 + f1), the factor by which the undetected share shrinks per extra
+    individual (A = 1: nothing left to detect)."""
+    n, f1, f2 = int(x.sum()), int((x == 1).sum()), int((x == 2).sum())
+    f0 = (n - 1) / n * (f1 ** 2 / (2 * f2) if f2 > 0 else f1 * (f1 - 1) / 2)
+    if f1 == 0 or f0 == 0:
+        return 0.0, 1.0
+    return f0, n * f0 / (n * f0 + f1)
+
+
+def coverage_at(counts: Sequence[float] | np.ndarray, m: float) -> float:
+    """Expected sample coverage of a sample of m individuals (Chao & Jost 2012): by rarefaction,
+    1 − Σ X_i/n · C(n−X_i, m)/C(n−1, m), for m < n; 1 − f1/n · A^(m−n+1) for m ≥ n."""
+    x = _counts(counts)
+    n, f1 = int(x.sum()), int((x == 1).sum())
+    if m < n:
+        return float(1 - np.sum(x / n * np.exp(_lchoose(n - x, m) - _lchoose(n - 1, m))))
+    _, decay = _f0_and_decay(x)
+    return float(1 - f1 / n * decay ** (m - n + 1))
+
+
+def diversity_at(counts: Sequence[float] | np.ndarray, m: int) -> dict[int, float]:
+    """{q: expected D_q of a sample of m individuals} (Chao et al. 2014, their eqs. for the
+    interpolated and extrapolated Hill numbers of orders 0, 1, 2); at m = n these are the
+    sample's own (plug-in) numbers."""
+    x = _counts(counts)
+    n = int(x.sum())
+    m = int(m)
+    if m < 1:
+        raise ConfigError(f"m={m!r} is not allowed: need a sample size of at least 1")
+    simpson = float(np.sum(x * (x - 1)) / (n * (n - 1)))
+    d2 = 1 / (1 / m + (1 - 1 / m) * simpson)
+    if m <= n:
+        absent = np.exp(_lchoose(n - x, m) - _lchoose(n, m))  # P(type i not in the subsample)
+        d0 = float(np.sum(1 - absent))
+        k = np.arange(1, m + 1)
+        # f̂_k(m): expected number of types seen exactly k times in the subsample
+        fk = np.exp(_lchoose(x[:, None], k[None, :]) + _lchoose(n - x[:, None], m - k[None, :])
+                    - _lchoose(n, m)).sum(axis=0)
+        d1 = float(np.exp(-np.sum(k / m * np.log(k / m) * fk)))
+        return {0: d0, 1: d1, 2: float(d2)}
+    f0, decay = _f0_and_decay(x)
+    extra = m - n
+    d0 = len(x) + f0 * (1 - decay ** extra)
+    p = x / n
+    observed = float(-np.sum(p * np.log(p)))
+    entropy = n / m * observed + extra / m * chao_shannon(x)
+    return {0: float(d0), 1: float(math.exp(entropy)), 2: float(d2)}
+
+
+def size_for_coverage(counts: Sequence[float] | np.ndarray, target: float) -> int:
+    """The sample size (whole individuals, at least 1) whose expected coverage is nearest
+    `target`: by bisection on the rarefaction curve below the sample's own coverage, and by the
+    closed form of the extrapolated curve above it."""
+    if not 0 < target <= 1:
+        raise ConfigError(f"target={target!r} is not allowed: must be a coverage in (0, 1]")
+    x = _counts(counts)
+    n, f1 = int(x.sum()), int((x == 1).sum())
+    own = coverage_at(x, n)
+    if target <= own:
+        low, high = 1, n
+        while high - low > 1:  # coverage rises with m
+            mid = (low + high) // 2
+            low, high = (mid, high) if coverage_at(x, mid) < target else (low, mid)
+        return min((low, high), key=lambda m: abs(coverage_at(x, m) - target))
+    _, decay = _f0_and_decay(x)
+    if decay >= 1 or f1 == 0 or target >= 1:  # no extrapolation reaches a coverage of 1
+        return n
+    extra = math.log((1 - target) * n / f1) / math.log(decay) - 1
+    return n + max(0, round(extra))
+
+
+def base_coverage(samples: Sequence[Sequence[float] | np.ndarray]) -> float:
+    """C*: the smallest coverage that any of `samples` reaches when extrapolated to twice its
+    size (Chao et al. 2014's rule for comparing samples)."""
+    values = [coverage_at(x, 2 * int(_counts(x).sum())) for x in samples]
+    if not values:
+        raise ConfigError("samples=[] is not allowed: need at least one sample")
+    return float(min(values))
+
+
+def standardised(counts: Sequence[float] | np.ndarray, m: int, level: float = 0.9,
+                 bootstrap: int = BOOTSTRAP, seed: int = BOOTSTRAP_SEED
+                 ) -> dict[int, tuple[float, float, float]]:
+    """{q: (D_q at sample size m, low, high)}: the interval is estimate ± z·se, the se from
+    `bootstrap` samples of n individuals drawn from the estimated assemblage, each taken to the
+    same m (as iNEXT does); it contains its estimate by construction."""
+    if not 0 < level < 1:
+        raise ConfigError(f"level={level!r} is not allowed: must be in (0, 1)")
+    x = _counts(counts)
+    point = diversity_at(x, m)
+    assemblage = estimated_assemblage(x)
+    rng = np.random.default_rng(seed)
+    n = int(x.sum())
+    draws = {q: [] for q in point}
+    for _ in range(bootstrap):
+        sample = rng.multinomial(n, assemblage)
+        sample = sample[sample > 0]
+        for q, value in diversity_at(sample, m).items():
+            draws[q].append(value)
+    z = float(norm.ppf(0.5 + level / 2))
+    out = {}
+    for q, value in point.items():
+        finite = np.asarray([d for d in draws[q] if math.isfinite(d)])
+        se = float(finite.std(ddof=1)) if len(finite) > 1 else math.inf
+        out[q] = (value, max(value - z * se, 1.0), value + z * se)  # D_q >= 1 for m >= 1
     return out

@@ -155,9 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "measure it and write its compact digest to DEVRL_DATA/reward-runs-<scale>/"
                     "<reward>-seed_<N>/ (its own manifest). Commit the digests: a study built "
                     "from them does not retrain those runs, so a grid may span machines and "
-                    "sessions. Unfinished runs are left alone.")
+                    "sessions. Unfinished runs are left alone. With --tables, then rebuild the "
+                    "study's data set (DEVRL_DATA/diversity-<scale>) from every digest there, "
+                    "training nothing.")
     digest.add_argument("--scale", default="cpu", help=f"{' | '.join(SCALES)} (default: cpu)")
     digest.add_argument("--runs", default=None, help="sweep directory of the reward grid")
+    digest.add_argument("--tables", action="store_true",
+                        help="also rebuild the study's tables from the digests")
 
     figure = sub.add_parser(
         "figure", help="rerun one figure notebook with papermill",
@@ -342,6 +346,12 @@ def cmd_digest(args: argparse.Namespace) -> int:
     status = digest_finished(args.scale, runs, craftax_data(args.scale))
     for name, state in status.items():
         print(f"{name:24s} {state}")
+    if args.tables:
+        from devrl.analysis import diversity_data
+
+        data = diversity_data(args.scale, recompute=True, train=False)
+        print(f"{data.path}: {len(data.manifest['held'])} of {len(data.manifest['planned'])} "
+              "planned runs")
     return 0
 
 

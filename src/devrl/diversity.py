@@ -8,9 +8,12 @@ Three measures, each per checkpoint, each checked on constructed cases in `tests
   set of achievements the episode unlocked (a 22-bit pattern; `strategy_labels`). The set, not the
   order of unlocking, because the evaluation tables of every run hold it at every checkpoint,
   including the committed default-reward runs whose intermediate parameters were not kept.
-  Sampling error: a percentile bootstrap over episodes. Plug-in Hill numbers are biased low when
-  many strategies are seen once; `coverage` (Good-Turing: 1 - singletons / episodes) says how
-  much of the distribution the sample saw.
+  Plug-in Hill numbers are biased low when many strategies are seen once, and a percentile
+  bootstrap over the episodes cannot see what the sample missed (its intervals excluded their
+  own estimates at most checkpoints); so each number comes with an interval from the estimated
+  assemblage (`devrl.chao`), and checkpoints are compared at equal sample coverage
+  (`d{q}_cov`, rarefied or extrapolated to the coverage C* of the least complete sample at
+  twice its size) besides the sample's own numbers and the asymptotic estimates.
 * **across agents** (`mean_pairwise_jsd`): the mean over pairs of agents (seeds, or reward
   variants) at the same training step of the Jensen-Shannon divergence, in bits (0 = the same
   policy, 1 = disjoint actions), between their action distributions, averaged over one common set
@@ -53,11 +56,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from devrl import chao
 from devrl.config import ConfigError, TrainConfig
 
 DISCOVERY_ALPHA = 0.01  # level of the one-sided test against the untrained policy's count
 DISCOVERY_ALPHAS = (0.05, 0.01, 0.001)  # the rule's level and two others, side by side
-BOOTSTRAP = 200  # bootstrap resamples of the episodes for the Hill numbers' intervals
+BOOTSTRAP = 200  # bootstrap samples from the estimated assemblage for the Hill numbers' intervals
 BOOTSTRAP_SEED = 2024
 HILL_ORDERS = (0, 1, 2)
 EVENT_WINDOW = 4  # checkpoints after (and one before) a discovery in the event-triggered average
@@ -89,39 +93,58 @@ def strategy_labels(unlocked: np.ndarray) -> np.ndarray:
     return np.array(["".join("1" if b else "0" for b in row) for row in bits])
 
 
-def strategy_diversity(strategies: np.ndarray, bootstrap: int = BOOTSTRAP,
-                       seed: int = BOOTSTRAP_SEED, level: float = 0.9) -> dict[str, float]:
-    """D0, D1, D2 of the strategies' distribution with bootstrap intervals, and the coverage."""
+def strategy_diversity(strategies: np.ndarray, base: float | None = None,
+                       bootstrap: int = BOOTSTRAP, seed: int = BOOTSTRAP_SEED,
+                       level: float = 0.9) -> dict[str, float]:
+    """D0, D1, D2 of the strategies' distribution, three ways, each with its `level` interval
+    from the bootstrap of `devrl.chao` (samples drawn from the estimated assemblage, the
+    interval estimate ± z·se, which contains its estimate):
+
+    * `d{q}`: the sample's own (plug-in) numbers, those of `episodes` individuals;
+    * `d{q}_asy`: the asymptotic estimates (Chao1, Chao-Wang-Jost, unbiased inverse Simpson);
+    * `d{q}_cov` (with `base`, a sample coverage C*): the numbers at the sample size `m_cov`
+      whose expected coverage is C*, rarefied or extrapolated (Chao & Jost 2012).
+
+    `coverage` is the sample's own estimated coverage (Chao & Jost's Good-Turing)."""
     strategies = np.asarray(strategies)
-    if strategies.size == 0:
-        raise ConfigError("strategies=[] is not allowed: need at least one episode")
-    _, index, counts = np.unique(strategies, return_inverse=True, return_counts=True)
-    out: dict[str, float] = {"episodes": int(strategies.size),
-                             "coverage": 1.0 - float((counts == 1).sum()) / strategies.size}
-    for q, value in hill_numbers(counts).items():
-        out[f"d{q}"] = value
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, strategies.size, size=(bootstrap, strategies.size))
-    boot = np.array([[v for v in hill_numbers(np.bincount(index[d])).values()] for d in draws])
-    tail = (1 - level) / 2
-    for j, q in enumerate(HILL_ORDERS):
-        out[f"d{q}_low"], out[f"d{q}_high"] = np.quantile(boot[:, j], [tail, 1 - tail])
+    if strategies.size < 2:
+        raise ConfigError(f"strategies of {strategies.size} episodes is not allowed: need at "
+                          "least two")
+    counts = np.unique(strategies, return_counts=True)[1]
+    n = int(strategies.size)
+    out: dict[str, float] = {"episodes": n, "coverage": chao.coverage(counts)}
+    kinds = {"": chao.standardised(counts, n, level, bootstrap, seed),
+             "_asy": chao.intervals(counts, level, bootstrap, seed)}
+    if base is not None:
+        out["m_cov"] = chao.size_for_coverage(counts, base)
+        kinds["_cov"] = chao.standardised(counts, out["m_cov"], level, bootstrap, seed)
+    for kind, found in kinds.items():
+        for q, (value, low, high) in found.items():
+            out[f"d{q}{kind}"], out[f"d{q}{kind}_low"], out[f"d{q}{kind}_high"] = value, low, high
     return out
 
 
 def strategy_table(episodes: pd.DataFrame, by: Sequence[str] = ("seed", "update")
                    ) -> pd.DataFrame:
-    """Per group of evaluation episodes (default: per seed and checkpoint), strategy diversity."""
+    """Per group of evaluation episodes (default: per seed and checkpoint), strategy diversity,
+    with the numbers at equal coverage taken at the base coverage C* of all the groups
+    (`chao.base_coverage`, column `base_coverage`)."""
     columns = [c for c in episodes.columns if c.startswith("achievement_")]
     if not columns:
         raise ConfigError("episodes has no achievement_* columns: not an evaluation table")
-    rows = []
+    groups = []
     for key, group in episodes.groupby(list(by), sort=True):
         key = key if isinstance(key, tuple) else (key,)
+        groups.append((key, group, strategy_labels(group[columns].to_numpy())))
+    base = chao.base_coverage([np.unique(labels, return_counts=True)[1]
+                               for _, _, labels in groups])
+    rows = []
+    for key, group, labels in groups:
         row = dict(zip(by, key))
         if "env_steps" in group:
             row["env_steps"] = int(group["env_steps"].iloc[0])
-        row.update(strategy_diversity(strategy_labels(group[columns].to_numpy())))
+        row.update(strategy_diversity(labels, base=base))
+        row["base_coverage"] = base
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -815,12 +838,13 @@ def digest_finished(scale: str, runs_dir, control, progress=print) -> dict[str, 
     return status
 
 
-def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, progress=print
-                 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """The study's tables from each run's digest (`digest_root(scale)`); runs without an
-    up-to-date digest are trained into `runs_dir` first (finished runs skipped, interrupted ones
-    resumed; runs that have a digest are not retrained) and digested. The control is the data set
-    `control` (analysis.CraftaxData of the same scale), measured here."""
+def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, progress=print,
+                 train: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The study's tables from each run's digest (`digest_root(scale)`); with `train`, runs
+    without an up-to-date digest are trained into `runs_dir` first (finished runs skipped,
+    interrupted ones resumed; runs that have a digest are not retrained) and digested; without
+    it, the study holds the runs that have a digest (the manifest's `held` of `planned`). The
+    control is the data set `control` (analysis.CraftaxData of the same scale), measured here."""
     from devrl.analysis import bin_updates
     from devrl.config import config_from_dict
     from devrl.runs import sha256_file
@@ -836,6 +860,13 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     digests = {digest_name(c): read_digest(root / digest_name(c), c, probe, scale)
                for _, c in spec.configs()}
     missing = [c for _, c in spec.configs() if digests[digest_name(c)] is None]
+    planned = [digest_name(c) for _, c in spec.configs()]
+    if missing and not train:
+        held = [c for _, c in spec.configs() if digests[digest_name(c)] is not None]
+        if not held:
+            raise ConfigError(f"no run of the reward sweep has a digest in {root}: train and "
+                              "digest some first (devrl sweep, devrl digest)")
+        missing = []
     if missing:
         only = {run_name(c) for c in missing}
         if run_sweep(spec, runs_dir, show_progress=False, only=only) != 0:
@@ -862,7 +893,8 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         network.append(table.assign(variant=CONTROL, seed=seed))
         probe_rows.append(probe_policy_rows(probs, probe, CONTROL, seed))
         policies[(CONTROL, seed)] = {u: np.asarray(p)[subset] for u, p in probs.items()}
-    for _, config in spec.configs():
+    held = [c for _, c in spec.configs() if digests[digest_name(c)] is not None]
+    for config in held:
         digest = digests[digest_name(config)]
         episodes.append(digest["episodes"])
         training.append(digest["training"])
@@ -893,7 +925,9 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
                 "(devrl.diversity): strategy Hill numbers, pairwise JSD, participation ratio, "
                 "discoveries and event-triggered averages, and the replicator-mutator model",
         "made_by": f"devrl figure reward-variants -p scale {scale} -p recompute True",
-        "sweep": spec.to_dict(), "settings": {**settings, "discovery_alpha": DISCOVERY_ALPHA,
+        "sweep": spec.to_dict(), "planned": planned,
+        "held": [digest_name(c) for c in held],
+        "settings": {**settings, "discovery_alpha": DISCOVERY_ALPHA,
                                               "discovery_alphas": list(DISCOVERY_ALPHAS),
                                               "bootstrap": BOOTSTRAP,
                                               "eval": _eval_settings(scale),
@@ -906,7 +940,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         "digests": {"data_set": root.name,
                     "manifest_sha256": {digest_name(c): sha256_file(root / digest_name(c)
                                                                     / "manifest.json")
-                                        for _, c in spec.configs()}},
+                                        for c in held}},
         "runs": control_runs + runs}
 
 
@@ -919,6 +953,42 @@ def mean_sd(frame: pd.DataFrame, column: str, by: str = "variant") -> pd.DataFra
     out = frame.groupby(by)[column].agg(mean="mean", sd="std", seeds="count").reset_index()
     out["sd"] = out["sd"].fillna(0.0)
     return out
+
+
+def listing(table: pd.DataFrame, column: str, spec: str = ".2f", sd: bool = True,
+            variants: Sequence[str] = VARIANT_ORDER) -> str:
+    """The value of `column` per reward structure, in `VARIANT_ORDER`, for the prose: "`default`
+    1.23 ± 0.45, `no_plant` 0.98 ± 0.10, …" (mean ± sd over seeds from the columns `column`
+    and `column`_sd of `table`, one row per `variant`); a structure the table lacks is named as
+    having no run yet."""
+    rows = table.set_index("variant")
+    parts, absent = [], []
+    for variant in variants:
+        if variant not in rows.index:
+            absent.append(f"`{variant}`")
+            continue
+        text = f"`{variant}` {format(float(rows.loc[variant, column]), spec)}"
+        if sd:
+            text += f" ± {format(float(rows.loc[variant, f'{column}_sd']), spec)}"
+        parts.append(text)
+    out = ", ".join(parts)
+    if absent:
+        out += f" ({' and '.join(absent)}: no run yet)"
+    return out
+
+
+def holding(manifest: dict[str, Any]) -> str:
+    """How many of the planned variant runs a study's data set holds, per reward structure, for
+    the prose (the control's seeds are not counted: they are `data/craftax-<scale>`'s)."""
+    planned, held = manifest["planned"], set(manifest["held"])
+    per = {}
+    for name in planned:
+        variant = name.rsplit("-seed_", 1)[0]
+        per.setdefault(variant, [0, 0])
+        per[variant][0] += 1
+        per[variant][1] += name in held
+    detail = "; ".join(f"`{v}` {h} of {p} seeds" for v, (p, h) in per.items())
+    return f"{len(held)} of the {len(planned)} planned variant runs ({detail})"
 
 
 def last_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
@@ -945,6 +1015,22 @@ def overshoot_table(checkpoints: pd.DataFrame) -> pd.DataFrame:
                      "final_default_return": float(last["default_return"]),
                      "final_d1": float(last["d1"]), "final_update": int(last["update"])})
     return pd.DataFrame(rows)
+
+
+# Whether each prediction of book/diversity.md is a test (its rule, as it stands, committed
+# before any data it judges was computed) or exploratory; the page gives the history by commit.
+PREDICTION_KIND = {"p1": "exploratory", "p2": "test", "p3": "test", "p4": "test", "p5": "test",
+                   "p6": "exploratory", "p7": "exploratory"}
+
+
+def stated(said: dict[str, str]) -> dict[str, str]:
+    """Each verdict of `verdicts` with its prediction's kind, for the prose: "held (a test)",
+    "did not hold (exploratory)", "untested (it would be a test)"."""
+    out = {}
+    for key, word in said.items():
+        kind = "a test" if PREDICTION_KIND[key] == "test" else "exploratory"
+        out[key] = f"{word} ({'it would be ' + kind if word == 'untested' else kind})"
+    return out
 
 
 def verdicts(checkpoints: pd.DataFrame, jsd: pd.DataFrame, events: pd.DataFrame,
