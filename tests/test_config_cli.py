@@ -236,6 +236,17 @@ def test_every_numeric_field_refuses_non_finite_and_fractional_values(name, valu
         assert coerce(name, "8e0") == 8
 
 
+def test_an_integer_too_large_for_a_float_is_named_not_a_traceback():
+    """A JSON file or a flag may hold an integer of 400 digits: a float field refuses it as
+    infinite, an int field takes it (validate then judges its size); no OverflowError."""
+    from devrl.config import check_type, coerce
+
+    huge = 10 ** 400
+    with pytest.raises(ConfigError, match=r"^lr=1000.* is not allowed: must be of type float"):
+        check_type("lr", huge)
+    assert check_type("num_envs", huge) == huge and coerce("num_envs", str(huge)) == huge
+
+
 def test_a_config_that_reaches_validate_with_a_non_finite_float_is_refused():
     import dataclasses
 
