@@ -77,6 +77,40 @@ def test_parameter_types_are_checked():
         check_overrides("plant-overshoot", [("sede", "[0]")])
 
 
+def test_figure_numbers_follow_the_rules_of_flags():
+    """Every numeric parameter of every notebook takes what a flag takes (devrl.config's one
+    check): NaN and ±inf are refused, also as 1e999 (which Python reads as inf), and so is a
+    fractional value where the default is an int; 3e0 is the int 3. Each error is one line
+    naming the parameter and what it must be."""
+    tried = set()
+    for name in NOTEBOOKS:
+        for parameter in read_parameters(ROOT / "notebooks" / f"{name}.md").values():
+            kind = parameter.annotation
+            if kind == "list[int]":
+                for text in ("[1e999]", "[0.5]", "[0, -1e999]"):
+                    with pytest.raises(ConfigError, match=rf"^{parameter.name}=\[.* is not "
+                                       r"allowed: must be of type list\[int\] \(int: a finite "
+                                       r"whole number\)$"):
+                        check_overrides(name, [(parameter.name, text)])
+            if kind not in ("int", "float"):
+                continue
+            tried.add(kind)
+            for text in ("nan", "inf", "-inf", "1e999", "-1e999",
+                         *(["3.5", "2.5e0"] if kind == "int" else [])):
+                with pytest.raises(ConfigError, match=rf"^{parameter.name}=\S+ is not allowed: "
+                                   rf"must be of type {kind} \(a finite (whole )?number\)$"):
+                    check_overrides(name, [(parameter.name, text)])
+            if kind == "int":
+                assert check_overrides(name, [(parameter.name, "3e0")]) == {parameter.name: 3}
+    assert tried == {"int", "float"}
+    with pytest.raises(ConfigError) as unknown:
+        check_overrides("essential-dynamics", [("walkz", "5")])
+    assert "\n" not in str(unknown.value)
+    assert str(unknown.value).startswith("parameter 'walkz' is not allowed: notebook "
+                                         "'essential-dynamics' has these parameters: scale: str")
+    assert "smoothing: float = 0.15; components: int = 3; walks: int = 500" in str(unknown.value)
+
+
 def test_seeds_and_scale_are_validated():
     assert check_seeds([]) is None and check_seeds([2, 0]) == [0, 2]
     for bad in ([0, 0], [-1], ["0"], 3):
@@ -99,8 +133,17 @@ def test_bad_parameter_fails_before_execution(tmp_path):
         in result.stderr
     for name in ("scale: str = 'cpu'", "seeds: list[int] = []", "recompute: bool = False"):
         assert name in result.stderr
+    assert result.stderr.count("\n") == 1  # one line, the allowed keys named in it
     wrong_type = run_figure("plant-overshoot", "-p", "seeds", "zero", env=env)
     assert wrong_type.returncode == 2 and "must be of type list[int]" in wrong_type.stderr
+    infinite = run_figure("essential-dynamics", "-p", "smoothing", "1e999", env=env)
+    assert infinite.returncode == 2 and infinite.stderr == (
+        "devrl figure: error: smoothing=inf is not allowed: must be of type float (a finite "
+        "number)\n")
+    fractional = run_figure("training-curves", "-p", "updates_per_bin", "2.5", env=env)
+    assert fractional.returncode == 2 and fractional.stderr == (
+        "devrl figure: error: updates_per_bin=2.5 is not allowed: must be of type int (a "
+        "finite whole number)\n")
     unknown = run_figure("no-such-figure", env=env)
     assert unknown.returncode == 2 and "name='no-such-figure' is not allowed" in unknown.stderr
     assert not (tmp_path / "figures").exists()  # nothing ran

@@ -147,8 +147,10 @@ def test_threads_per_run_pins_the_trainer_and_gpus_are_shared_on_request():
                           "--config-json", "{}", "--cpus", "99999"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "cpus='99999' is not allowed" in bad.stderr
-    options, threads, fraction = task_options({"CPU": 16.0}, 2, 1)
+    options, threads, fraction = task_options({"CPU": 16.0}, 2, None)
     assert options["num_cpus"] == 2 and threads == 2 and fraction is None
+    options, threads, fraction = task_options({"CPU": 16.0, "GPU": 2.0}, 1, None)
+    assert options["num_gpus"] == 1.0 and threads is None and fraction == 1.0
     options, threads, fraction = task_options({"CPU": 16.0, "GPU": 2.0}, 1, 4)
     assert options["num_gpus"] == 0.25 and threads is None
     env = child_env(fraction)
@@ -157,6 +159,51 @@ def test_threads_per_run_pins_the_trainer_and_gpus_are_shared_on_request():
     assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in child_env(1.0) or \
         os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")
     assert "intra_op_parallelism_threads" not in child_env(None).get("XLA_FLAGS", "")
+
+
+def test_gpus_asked_for_where_ray_sees_none_are_refused_before_anything_queues(tmp_path):
+    """`--runs-per-gpu K` is a request for GPUs: where Ray sees none it is refused by name (it
+    used to be ignored, the runs trained on the CPUs); left out, runs use the CPUs."""
+    for resources in ({"CPU": 2.0}, {"CPU": 2.0, "GPU": 0.0}):
+        for runs_per_gpu in (1, 4):
+            with pytest.raises(ConfigError, match=(
+                    rf"^runs_per_gpu={runs_per_gpu} is not allowed: Ray sees no GPU here "
+                    r"\(2 CPUs, 0 GPUs\), so there is none to share; leave it out")):
+                task_options(resources, 1, runs_per_gpu)
+    assert task_options({"CPU": 2.0}, 1, None)[2] is None
+    result = run_cli("train", "--scale", "smoke", "--runs-per-gpu", "0", "--quiet", "--out",
+                     str(tmp_path / "out"), timeout=120)
+    assert result.returncode == 2 and "runs_per_gpu=0 is not allowed" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_local_ray_instance_is_a_private_one(monkeypatch):
+    """Without --address the sweep starts its own Ray instance (address "local"): it never joins
+    a cluster named by RAY_ADDRESS or by `ray start` (Ray's default for address=None), and the
+    SIGTERM handler ray.init installs (exit status 15) is replaced by the one it found."""
+    import signal
+
+    import ray
+
+    from devrl.sweep import start_ray
+
+    seen = {}
+
+    def init(**kwargs):
+        seen.update(kwargs)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # as ray.init does
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setattr(ray, "init", init)
+    mine = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        start_ray(None, 2)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, mine)
+    assert seen["address"] == "local" and seen["num_cpus"] == 2
+    start_ray("10.0.0.1:6379", None)
+    assert seen["address"] == "10.0.0.1:6379"
 
 
 def test_unknown_parameter_and_config_file(tmp_path):
@@ -234,6 +281,17 @@ def test_every_numeric_field_refuses_non_finite_and_fractional_values(name, valu
         with pytest.raises(ConfigError, match=f"^{name}=8.5 is not allowed"):
             coerce(name, "8.5e0")
         assert coerce(name, "8e0") == 8
+
+
+def test_an_integer_too_large_for_a_float_is_named_not_a_traceback():
+    """A JSON file or a flag may hold an integer of 400 digits: a float field refuses it as
+    infinite, an int field takes it (validate then judges its size); no OverflowError."""
+    from devrl.config import check_type, coerce
+
+    huge = 10 ** 400
+    with pytest.raises(ConfigError, match=r"^lr=1000.* is not allowed: must be of type float"):
+        check_type("lr", huge)
+    assert check_type("num_envs", huge) == huge and coerce("num_envs", str(huge)) == huge
 
 
 def test_a_config_that_reaches_validate_with_a_non_finite_float_is_refused():

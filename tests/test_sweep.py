@@ -329,3 +329,48 @@ def test_only_trains_the_named_runs_and_refuses_names_not_in_the_sweep(tmp_path)
     shutil.copytree(tmp_path / "one" / run_name(config), run_dir_for(tmp_path / "sweep", config))
     assert run_sweep(spec, tmp_path / "sweep", only={run_name(config)}, show_progress=False) == 0
     assert not (run_dir_for(tmp_path / "sweep", spec.configs()[1][1]) / "metrics.parquet").exists()
+
+
+def private_env(**extra: str) -> dict[str, str]:
+    """This environment without RAY_ADDRESS: the sweep's own local Ray instance, which starts
+    with address "local" anyway (never a cluster of another sweep on this machine)."""
+    return {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **extra}
+
+
+def test_sigterm_of_the_driver_while_ray_runs_exits_143_with_devrl_s_message(tmp_path):
+    """ray.init installs a SIGTERM handler of its own (exit status 15, no devrl message); the
+    driver's stays in force, so SIGTERM while a run's task is running ends Ray and its trainer
+    and exits 143 with devrl's one line."""
+    out = tmp_path / "runs"
+    launcher = subprocess.Popen([*DEVRL, "train", *TRAIN_FLAGS, "--seeds", "0", "--out",
+                                 str(out)], stderr=subprocess.PIPE, text=True, env=private_env())
+    try:
+        task = wait_for(lambda: next((json.loads(p.read_text())
+                                      for p in out.glob("*/seed_*/task.json")), None),
+                        what="the run's task to start its trainer")
+        launcher.terminate()
+        _, stderr = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("devrl train: stopped by SIGTERM; rerun the same "
+                                               "command to resume")
+    assert "Traceback" not in stderr
+    assert gone(task["trainer_pid"]), "the trainer outlived its driver"
+
+
+def test_gpus_asked_for_where_ray_sees_none_exit_2_before_anything_queues(tmp_path):
+    """`--runs-per-gpu 2` on a Ray instance without GPUs (CUDA_VISIBLE_DEVICES empty) is refused
+    by name once Ray has said what it has, before any task is submitted (it used to be ignored
+    and the runs trained on the CPUs)."""
+    out = tmp_path / "runs"
+    result = subprocess.run([*DEVRL, "train", "--scale", "smoke", "--seeds", "0", "--runs-per-gpu",
+                             "2", "--quiet", "--out", str(out)], capture_output=True, text=True,
+                            timeout=600, env=private_env(CUDA_VISIBLE_DEVICES=""), check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "devrl train: error: runs_per_gpu=2 is not allowed: Ray sees no GPU here (")
+    assert "Traceback" not in result.stderr
+    assert not list(out.glob("*/seed_*/task.json")) and not list(out.glob("*/seed_*/train.log"))

@@ -51,8 +51,9 @@ def _add_execution_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads-per-run", type=int, default=1,
                        help="CPU cores (XLA threads) per run where there is no GPU; runs at "
                             "once = CPUs // this (default: 1)")
-    group.add_argument("--runs-per-gpu", type=int, default=1,
-                       help="runs sharing one GPU where Ray sees GPUs (default: 1)")
+    group.add_argument("--runs-per-gpu", type=int, default=None,
+                       help="runs sharing one GPU (default: 1 where Ray sees GPUs, else the "
+                            "CPUs); refused where Ray sees no GPU")
     group.add_argument("--stall-timeout", type=float, default=900.0,
                        help="seconds without a heartbeat before a run is killed and resumed "
                             "(default: 900)")
@@ -237,7 +238,8 @@ def _positive(name: str, value: float) -> None:
 
 def _execution(args: argparse.Namespace) -> dict:
     _positive("threads_per_run", args.threads_per_run)
-    _positive("runs_per_gpu", args.runs_per_gpu)
+    if args.runs_per_gpu is not None:
+        _positive("runs_per_gpu", args.runs_per_gpu)
     _positive("stall_timeout", args.stall_timeout)
     if args.num_cpus is not None:
         _positive("num_cpus", args.num_cpus)

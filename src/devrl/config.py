@@ -238,19 +238,39 @@ def check_type(name: str, value: Any) -> Any:
     types = field_types()
     if name not in types:
         raise ConfigError(f"unknown parameter {name!r}: allowed are {', '.join(types)}")
-    kind = types[name]
+    return check_kind(name, value, types[name])
+
+
+# What a number of each type must be, wherever one is given (flags, config and sweep files,
+# figure parameters).
+NUMBER_RULES: dict[type, str] = {int: "a finite whole number", float: "a finite number"}
+
+
+def check_kind(name: str, value: Any, kind: type) -> Any:
+    """`value` as `kind` (bool, int, float or str), or a ConfigError naming parameter `name`:
+    the one check of a value's type for every parameter devrl takes. A float is any finite
+    number; an int a whole one (8e6 is 8000000, 8.5 is refused); a bool only a bool."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind is bool and isinstance(value, bool):
         return value
-    if kind is int and number and math.isfinite(value) and float(value).is_integer():
+    if kind is int and number and (isinstance(value, int)
+                                   or (math.isfinite(value) and value.is_integer())):
         return int(value)
-    if kind is float and number and math.isfinite(value):
+    if kind is float and number and math.isfinite(_as_float(value)):
         return float(value)
     if kind is str and isinstance(value, str):
         return value
-    allowed = {bool: "true or false", int: "of type int (a finite whole number)",
-               float: "of type float (a finite number)"}.get(kind, f"of type {kind.__name__}")
+    allowed = "true or false" if kind is bool else f"of type {kind.__name__}" + (
+        f" ({NUMBER_RULES[kind]})" if kind in NUMBER_RULES else "")
     raise ConfigError(f"{name}={value!r} is not allowed: must be {allowed}")
+
+
+def _as_float(value: float) -> float:
+    """`value` as a float; an integer too large for one is infinite (not an OverflowError)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def typed(values: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The notebooks are jupytext MyST files in `notebooks/`. Each has one cell tagged `parameters` whose
 lines are annotated assignments (`seeds: list[int] | None = None`); the annotations are what
-`-p` values are checked against, before anything runs.
+`-p` values are checked against, before anything runs, by the rules flags and config files follow
+(devrl.config.check_kind: a float is finite, an int whole).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from devrl.analysis import data_root, repo_root, runs_root
-from devrl.config import SCALES, ConfigError
+from devrl.config import NUMBER_RULES, SCALES, ConfigError, check_kind
 
 KERNEL_NAME = "devrl"
 SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -79,26 +80,47 @@ def read_parameters(path: Path) -> dict[str, Parameter]:
 
 
 def matches(value: Any, annotation: str) -> bool:
-    """Whether `value` has the type written in `annotation` (int, float, bool, str, None,
-    list[...], and unions with `|`)."""
-    return _matches(value, ast.parse(annotation, mode="eval").body)
+    """Whether `value` has the type written in `annotation` (see `check_value`)."""
+    try:
+        check_value("value", value, annotation)
+    except ConfigError:
+        return False
+    return True
 
 
-def _matches(value: Any, node: ast.expr) -> bool:
+def check_value(name: str, value: Any, annotation: str) -> Any:
+    """`value` as the type written in `annotation` (int, float, bool, str, None, list[...], and
+    unions with `|`), each int, float, bool and str checked as flags and config files are
+    (`devrl.config.check_kind`: NaN and ±inf are refused, 3e0 is the int 3, 3.5 is no int);
+    else a ConfigError naming parameter `name` and the type."""
+    try:
+        return _checked(value, ast.parse(annotation, mode="eval").body)
+    except ConfigError:
+        rules = {kind.__name__: rule for kind, rule in NUMBER_RULES.items()
+                 if re.search(rf"\b{kind.__name__}\b", annotation)}
+        note = rules[annotation] if annotation in rules else "; ".join(
+            f"{kind}: {rule}" for kind, rule in rules.items())
+        allowed = f"of type {annotation}" + (f" ({note})" if note else "")
+        raise ConfigError(f"{name}={value!r} is not allowed: must be {allowed}") from None
+
+
+def _checked(value: Any, node: ast.expr) -> Any:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return _matches(value, node.left) or _matches(value, node.right)
+        try:
+            return _checked(value, node.left)
+        except ConfigError:
+            return _checked(value, node.right)
     if isinstance(node, ast.Constant) and node.value is None:
-        return value is None
+        if value is None:
+            return None
+        raise ConfigError(f"value={value!r} is not allowed: must be None")
     if isinstance(node, ast.Name) and node.id in SIMPLE_TYPES:
-        kind = SIMPLE_TYPES[node.id]
-        if kind is bool:
-            return isinstance(value, bool)
-        if kind is float:
-            return isinstance(value, (int, float)) and not isinstance(value, bool)
-        return isinstance(value, kind) and not isinstance(value, bool)
+        return check_kind("value", value, SIMPLE_TYPES[node.id])
     if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name)
             and node.value.id == "list"):
-        return isinstance(value, list) and all(_matches(v, node.slice) for v in value)
+        if not isinstance(value, list):
+            raise ConfigError(f"value={value!r} is not allowed: must be a list")
+        return [_checked(v, node.slice) for v in value]
     raise ValueError(f"unsupported parameter annotation {ast.unparse(node)!r}")
 
 
@@ -111,20 +133,18 @@ def parse_value(text: str) -> Any:
 
 
 def check_overrides(name: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Parse and type-check `-p key value` pairs against the notebook's parameters."""
+    """Parse and type-check `-p key value` pairs against the notebook's parameters: an unknown
+    key, or a value not of its parameter's type, is a one-line ConfigError naming it."""
     parameters = read_parameters(notebook_path(name))
-    listing = "\n".join(f"  {p.describe()}" for p in parameters.values())
     values: dict[str, Any] = {}
     for key, text in pairs:
         if key not in parameters:
+            listing = "; ".join(f"{p.name}: {p.annotation} = {p.default!r}"
+                                for p in parameters.values())
             raise ConfigError(f"parameter {key!r} is not allowed: notebook {name!r} has these "
-                              f"parameters:\n{listing}")
-        value = parse_value(text)
-        if not matches(value, parameters[key].annotation):
-            raise ConfigError(f"{key}={text!r} is not allowed: must be of type "
-                              f"{parameters[key].annotation}; notebook {name!r} has these "
-                              f"parameters:\n{listing}")
-        values[key] = value
+                              f"parameters: {listing} (devrl figure {name} --list describes "
+                              "them)")
+        values[key] = check_value(key, parse_value(text), parameters[key].annotation)
     check_against_data(name, parameters, values)
     return values
 

@@ -27,8 +27,17 @@ run directory held by another live process) is reported at once and not retried.
 Threads and accelerators. Where Ray sees no GPU each run reserves `threads_per_run` CPUs and its
 trainer is pinned to that many cores of its node (XLA sizes its CPU thread pool by the CPUs a
 process may run on; results are bitwise reproducible for a fixed count). Where Ray sees GPUs each
-run reserves 1/`runs_per_gpu` of one; with several runs per GPU, JAX's preallocation is turned
-off and each gets that fraction of the GPU's memory.
+run reserves 1/`runs_per_gpu` (default 1) of one; with several runs per GPU, JAX's preallocation
+is turned off and each gets that fraction of the GPU's memory. A request that Ray could never
+place is refused before anything queues: more threads per run than the local instance's CPUs
+(checked by the command line before Ray starts), `runs_per_gpu` where Ray sees no GPU.
+
+Signals. SIGTERM and SIGHUP of the driver are noted and acted on between Ray calls, within
+`poll_seconds` (raised inside `ray.wait`, which checks signals, any exception but
+KeyboardInterrupt becomes a SystemError: exit status 1 and a traceback). The driver then raises
+what the caller's own handler raises (the command line's SIGTERM: exit 143 with its message), else
+SystemExit(128 + the signal), and so leaves through its `finally`: Ray shuts down and its local
+instance's processes end.
 """
 
 from __future__ import annotations
@@ -436,17 +445,24 @@ class RunState:
         return "running" if started >= self.submitted else "queued"
 
 
-def task_options(resources: dict[str, float], threads_per_run: int, runs_per_gpu: int
+def task_options(resources: dict[str, float], threads_per_run: int, runs_per_gpu: int | None
                  ) -> tuple[dict[str, Any], int | None, float | None]:
-    """Ray options of each run's task, the CPUs to pin its trainer to, its GPU fraction."""
-    if resources.get("GPU", 0) >= 1:
-        fraction = 1.0 / runs_per_gpu
+    """Ray options of each run's task, the CPUs to pin its trainer to, its GPU fraction.
+    `runs_per_gpu` asks for GPUs (None: use them where Ray sees some, else the CPUs)."""
+    gpus = resources.get("GPU", 0)
+    if runs_per_gpu is not None and gpus < 1:
+        raise ConfigError(f"runs_per_gpu={runs_per_gpu} is not allowed: Ray sees no GPU here "
+                          f"({resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs), so there is none "
+                          "to share; leave it out to train on the CPUs")
+    if gpus >= 1:
+        fraction = 1.0 / (runs_per_gpu or 1)
         return {"num_cpus": 1, "num_gpus": fraction, "max_retries": 0}, None, fraction
     return {"num_cpus": threads_per_run, "max_retries": 0}, threads_per_run, None
 
 
 def start_ray(address: str | None, num_cpus: int | None):
-    """Join the cluster at `address`, or start a local Ray instance sized to this machine."""
+    """Join the cluster at `address`, or start a local Ray instance sized to this machine: a
+    private one (address "local"), never a cluster that RAY_ADDRESS or `ray start` names."""
     import logging
 
     import ray
@@ -460,8 +476,10 @@ def start_ray(address: str | None, num_cpus: int | None):
         if os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").exists():
             os.environ.setdefault("RAY_AUTH_MODE", "token")
     else:
+        kwargs["address"] = "local"
         kwargs["num_cpus"] = num_cpus or len(os.sched_getaffinity(0))
     t0 = time.perf_counter()
+    handler = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as error:
@@ -472,11 +490,14 @@ def start_ray(address: str | None, num_cpus: int | None):
                           "start one with `ray start --head`, and with token authentication "
                           "set RAY_AUTH_MODE=token and copy ~/.ray/auth_token from the head"
                           ) from None
+    finally:
+        signal.signal(signal.SIGTERM, handler)  # ray.init puts its own in place (exit status 15)
     return ray, time.perf_counter() - t0
 
 
 def run_sweep(spec: SweepSpec, sweep_dir: Path, address: str | None = None,
-              threads_per_run: int = 1, runs_per_gpu: int = 1, num_cpus: int | None = None,
+              threads_per_run: int = 1, runs_per_gpu: int | None = None,
+              num_cpus: int | None = None,
               stall_timeout: float = 900.0, max_restarts: int = 3, show_progress: bool = True,
               poll_seconds: float = 2.0, only: set[str] | None = None) -> int:
     """Train every run of `spec` under `sweep_dir` (with `only`, the runs of those names,
@@ -507,14 +528,24 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, address: str | None = None,
               file=sys.stderr)
         return 0
 
-    def stop(signum, _frame):
-        raise SystemExit(128 + signum)  # leave through the finally below: Ray shuts down
+    signalled: list[int] = []
+
+    def stop(signum, _frame):  # noted only: raised inside ray.wait it would be a SystemError
+        signalled.append(signum)
+
+    def stop_if_signalled() -> None:  # leave through the finally below: Ray shuts down
+        if signalled:
+            signum = signalled[0]
+            if callable(previous[signum]):  # the caller's own (the command line: its message)
+                previous[signum](signum, None)
+            raise SystemExit(128 + signum)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     ray = None
     pending_refs: dict[Any, RunState] = {}
     try:
         ray, seconds = start_ray(address, num_cpus)
+        stop_if_signalled()
         resources = ray.cluster_resources()
         options, threads, gpu_fraction = task_options(resources, threads_per_run, runs_per_gpu)
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -551,6 +582,7 @@ def run_sweep(spec: SweepSpec, sweep_dir: Path, address: str | None = None,
                        unit_scale=True, dynamic_ncols=True, file=sys.stderr)
         while pending_refs:
             ready, _ = ray.wait(list(pending_refs), num_returns=1, timeout=poll_seconds)
+            stop_if_signalled()
             for ref in ready:
                 state = pending_refs.pop(ref)
                 try:
