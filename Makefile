@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name devrl --display-name devrl
 	touch $(STAMP)
 
-$(VENDOR): $(STAMP) src/devrl/vendor.py
-	$(BIN)/python -m devrl.vendor
+$(VENDOR): $(STAMP) src/devrl/book/vendor.py
+	$(BIN)/python -m devrl.book.vendor
 
 ## Execute every notebook from the committed data/ and build the website into _build/html.
 ## The execution cache is cleared whenever src/, data/ or the installed packages change.

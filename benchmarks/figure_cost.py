@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from devrl.notebooks import notebook_names
+    from devrl.book.notebooks import notebook_names
 
     results = {}
     with tempfile.TemporaryDirectory() as scratch:

@@ -1,7 +1,8 @@
-"""Wall time of one LLC estimate: devrl.llc.estimate_llc (JAX) against devinterp 1.3.2 (PyTorch).
+"""Wall time of one LLC estimate: devrl.measures.llc.estimate_llc (JAX) against devinterp 1.3.2
+(PyTorch).
 
-Both sides sample the same deep linear network (devrl.known; default widths (16, 16, 16, 16),
-true rank 4: d = 768 weights, known λ = 104) at the same w* (full-batch Adam from the true
+Both sides sample the same deep linear network (devrl.measures.known; default widths (16, 16, 16,
+16), true rank 4: d = 768 weights, known λ = 104) at the same w* (full-batch Adam from the true
 parameter, as in tests/test_llc.py) on the same n = 3000 data points, with the same SGLD update
 
     w ← w − (ε/2) · (nβ ∇L_batch(w) + γ (w − w*)) + √ε · ξ,    ξ ~ N(0, I),
@@ -159,7 +160,7 @@ def make_problem(args: argparse.Namespace) -> dict:
     """Data, w0, w* and a perturbed point for the loss check, all float32 numpy arrays."""
     import jax
 
-    from devrl import known
+    from devrl.measures import known
 
     truth_key, data_key, check_key = jax.random.split(jax.random.PRNGKey(PROBLEM_SEED), 3)
     w0 = known.dln_true_params(truth_key, args.widths, args.rank)
@@ -186,7 +187,7 @@ def settings_of(args: argparse.Namespace) -> dict:
 def loss_check_devrl(problem: dict) -> dict:
     import jax
 
-    from devrl import known
+    from devrl.measures import known
 
     data = (problem["x"], problem["y"])
     w_check = tuple(problem["w_check"])
@@ -198,8 +199,8 @@ def loss_check_devrl(problem: dict) -> dict:
 def run_devrl(problem: dict, settings: dict) -> dict:
     import jax
 
-    from devrl import known
-    from devrl.llc import estimate_llc
+    from devrl.measures import known
+    from devrl.measures.llc import estimate_llc
 
     data = (jax.numpy.asarray(problem["x"]), jax.numpy.asarray(problem["y"]))
     w_star = tuple(jax.numpy.asarray(w) for w in problem["w_star"])
@@ -265,7 +266,8 @@ def devinterp_side(args: argparse.Namespace) -> None:
     torch.set_num_threads(settings["threads"])
 
     class DeepLinear(torch.nn.Module):
-        """x @ W_1 @ ... @ W_L with W_s of shape (in, out): devrl.known.dln_apply's layout."""
+        """x @ W_1 @ ... @ W_L with W_s of shape (in, out): devrl.measures.known.dln_apply's
+        layout."""
 
         def __init__(self, weights: list) -> None:
             super().__init__()
@@ -278,7 +280,7 @@ def devinterp_side(args: argparse.Namespace) -> None:
             return inputs
 
     def evaluate(model, batch):
-        """Mean over points of ½‖y − f(x)‖² summed over outputs: devrl.known.dln_loss."""
+        """Mean over points of ½‖y − f(x)‖² summed over outputs: devrl.measures.known.dln_loss."""
         inputs, targets = batch
         return 0.5 * ((model(inputs) - targets) ** 2).sum(dim=-1).mean()
 
@@ -381,7 +383,7 @@ def main() -> None:
     import jax
     import jaxlib
 
-    from devrl import known
+    from devrl.measures import known
 
     settings = settings_of(args)
     problem = make_problem(args)

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from devrl.config import make_config
-from devrl.sweep import run_dir_for
+from devrl.core.config import make_config
+from devrl.runs.sweep import run_dir_for
 
 
 def timed(command: list[str], env: dict[str, str]) -> float:

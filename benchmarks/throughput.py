@@ -19,10 +19,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from devrl.config import make_config
-from devrl.envs import BehaviourWrapper, EpisodeStats, PoolResetVecEnv
-from devrl.ppo import make_train
-from devrl.runs import atomic_write_npz, checkpoint_schedule, params_to_flat, save_runner
+from devrl.core.base import atomic_write_npz
+from devrl.core.config import make_config
+from devrl.core.envs import BehaviourWrapper, EpisodeStats, PoolResetVecEnv
+from devrl.core.ppo import make_train
+from devrl.runs.rundir import params_to_flat
+from devrl.runs.training import checkpoint_schedule, save_runner
 
 
 class UncountedWrapper(BehaviourWrapper):

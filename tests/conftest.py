@@ -25,8 +25,8 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def smoke_run(out: Path, seed: int) -> Path:
     """The run directory of smoke seed `seed` in the sweep directory `out`."""
-    from devrl.config import make_config
-    from devrl.sweep import run_dir_for
+    from devrl.core.config import make_config
+    from devrl.runs.sweep import run_dir_for
 
     return run_dir_for(out, make_config("smoke", seed=seed))
 
@@ -47,7 +47,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     import numpy as np
     import pandas as pd
 
-    from devrl.runs import list_checkpoints, load_params
+    from devrl.runs.rundir import list_checkpoints, load_params
 
     ckpt_a, ckpt_b = list_checkpoints(a), list_checkpoints(b)
     assert [u for u, _ in ckpt_a] == [u for u, _ in ckpt_b]

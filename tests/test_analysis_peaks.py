@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from devrl.analysis import mean_curve_peaks, resolved
+from devrl.datasets import mean_curve_peaks, resolved
 
 
 def test_resolved_rounds_to_the_coarser_gap_around_the_point():

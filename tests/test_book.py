@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from pandas.testing import assert_frame_equal
 
-from devrl.analysis import check_seeds, craftax_data
-from devrl.config import ConfigError
-from devrl.notebooks import check_overrides, matches, notebook_names, read_parameters
-from devrl.runs import verify_manifest
+from devrl.book.notebooks import check_overrides, matches, notebook_names, read_parameters
+from devrl.core.base import ConfigError
+from devrl.datasets import check_seeds, craftax_data
+from devrl.runs.rundir import verify_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVRL = str(Path(sys.executable).with_name("devrl"))
@@ -78,7 +78,7 @@ def test_parameter_types_are_checked():
 
 
 def test_figure_numbers_follow_the_rules_of_flags():
-    """Every numeric parameter of every notebook takes what a flag takes (devrl.config's one
+    """Every numeric parameter of every notebook takes what a flag takes (devrl.core.config's one
     check): NaN and ±inf are refused, also as 1e999 (which Python reads as inf), and so is a
     fractional value where the default is an int; 3e0 is the int 3. Each error is one line
     naming the parameter and what it must be."""
@@ -161,7 +161,7 @@ def test_bad_parameter_fails_before_execution(tmp_path):
 
 def test_figure_output_goes_to_one_folder_per_run_and_one_run_per_notebook(tmp_path,
                                                                            monkeypatch):
-    from devrl import notebooks
+    from devrl.book import notebooks
 
     monkeypatch.setenv("DEVRL_RUNS", str(tmp_path / "runs"))
     assert notebooks.default_output_dir("plant-overshoot", {}) == ROOT / "_build" / "papermill"
@@ -234,7 +234,7 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
         assert verify_manifest(layer) == []
         layer_manifest = json.loads((layer / "manifest.json").read_text())
         assert [run["seed"] for run in layer_manifest["runs"]] == [0]
-        assert layer_manifest["source"]["src/devrl/output_llc.py"]  # provenance recorded
+        assert layer_manifest["source"]["src/devrl/measures/output_llc.py"]  # provenance recorded
     if name == "toy-credit-routing":
         assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "toy-credit-smoke") == []
     if name in LLC_NOTEBOOKS:
@@ -273,14 +273,16 @@ def test_diversity_study_rebuilds_from_its_digests_without_the_runs(smoke_env, t
     study is rebuilt from the digests without retraining when the runs folder is lost; a digest
     that does not match its manifest is refused, and one made with other evaluation settings is
     not used (its run would be retrained)."""
-    from devrl import analysis, diversity, sweep
+    from devrl import datasets
+    from devrl.core.config import make_config
+    from devrl.studies import diversity
 
     data = tmp_path / "data"
     if Path(smoke_env["DEVRL_DATA"]).exists():  # the notebooks' data and runs, if they ran
         shutil.copytree(smoke_env["DEVRL_DATA"], data)
     monkeypatch.setenv("DEVRL_DATA", str(data))
     monkeypatch.setenv("DEVRL_RUNS", smoke_env["DEVRL_RUNS"])
-    before = analysis.diversity_data("smoke", [0], recompute=True)  # trains only if needed
+    before = diversity.diversity_data("smoke", [0], recompute=True)  # trains only if needed
     digests = data / "reward-runs-smoke"
     assert sorted(p.name for p in digests.iterdir() if p.is_dir()) == [
         "every_plant-seed_0", "no_plant-seed_0", "plant_x4-seed_0"]
@@ -292,16 +294,17 @@ def test_diversity_study_rebuilds_from_its_digests_without_the_runs(smoke_env, t
     def no_training(*args, **kwargs):
         raise AssertionError("the study retrained a run that has a digest")
 
-    monkeypatch.setattr(sweep, "run_sweep", no_training)
+    monkeypatch.setattr(diversity, "run_sweep", no_training)
+    monkeypatch.setattr(datasets, "run_sweep", no_training)
     monkeypatch.setenv("DEVRL_RUNS", str(tmp_path / "lost"))  # an empty runs folder
-    after = analysis.diversity_data("smoke", [0], recompute=True)
+    after = diversity.diversity_data("smoke", [0], recompute=True)
     for name in ("checkpoints", "network", "jsd", "events"):
         assert_frame_equal(before.tables[name], after.tables[name])
     assert {r.get("digest") for r in after.manifest["runs"]} == {
         None, "no_plant-seed_0", "every_plant-seed_0", "plant_x4-seed_0"}
     # Without training, the study holds the runs that have a digest and says which it lacks.
     shutil.move(digests / "plant_x4-seed_0", tmp_path / "plant_x4")
-    partial = analysis.diversity_data("smoke", [0], recompute=True, train=False)
+    partial = diversity.diversity_data("smoke", [0], recompute=True, train=False)
     assert sorted(partial.manifest["held"]) == ["every_plant-seed_0", "no_plant-seed_0"]
     assert len(partial.manifest["planned"]) == 3
     assert "plant_x4" not in set(partial.checkpoints["variant"])
@@ -311,18 +314,18 @@ def test_diversity_study_rebuilds_from_its_digests_without_the_runs(smoke_env, t
     with open(digests / "no_plant-seed_0" / "episodes.parquet", "ab") as handle:
         handle.write(b"x")
     with pytest.raises(ConfigError, match="digest=.*no_plant-seed_0.*does not match"):
-        analysis.diversity_data("smoke", [0], recompute=True)
+        diversity.diversity_data("smoke", [0], recompute=True)
     shutil.rmtree(digests / "no_plant-seed_0")
     shutil.copytree(tmp_path / "kept", digests / "no_plant-seed_0")
-    assert analysis.diversity_data("smoke", [0], recompute=True).tables["checkpoints"].equals(
+    assert diversity.diversity_data("smoke", [0], recompute=True).tables["checkpoints"].equals(
         after.tables["checkpoints"])
-    monkeypatch.setitem(analysis.EVAL_SETTINGS, "smoke",
-                        {**analysis.EVAL_SETTINGS["smoke"], "episodes": 5})
+    monkeypatch.setitem(datasets.EVAL_SETTINGS, "smoke",
+                        {**datasets.EVAL_SETTINGS["smoke"], "episodes": 5})
     with pytest.raises(AssertionError, match="retrained"):
-        analysis.diversity_data("smoke", [0], recompute=True)
+        diversity.diversity_data("smoke", [0], recompute=True)
     assert diversity.read_digest(digests / "every_plant-seed_0",
-                                 sweep.make_config("smoke", reward="every_plant", seed=0),
-                                 diversity.common_probe(data / "craftax-smoke"), "smoke") is None
+                                 make_config("smoke", reward="every_plant", seed=0),
+                                 datasets.common_probe(data / "craftax-smoke"), "smoke") is None
 
 
 @pytest.fixture(scope="module")
@@ -394,8 +397,9 @@ def page_text(page: Path) -> str:
 def verdict_words() -> dict[str, list[str]]:
     """Per published page, the verdict words that the functions judging its predictions return
     on the committed data."""
-    from devrl import memory
-    from devrl.analysis import memory_data, toy_credit_data
+    from devrl.studies import memory
+    from devrl.studies.localisation import toy_credit_data
+    from devrl.studies.memory import memory_data
     from devrl.toys.credit import routing_verdicts
 
     data = memory_data("cpu")
@@ -447,7 +451,7 @@ def test_vendored_scripts_match_altair_and_refuse_bad_tarballs():
     import altair as alt
     import vl_convert
 
-    from devrl.vendor import PACKAGES, check_integrity, versions
+    from devrl.book.vendor import PACKAGES, check_integrity, versions
 
     pinned = versions()
     assert pinned["vega-lite"] == alt.VEGALITE_VERSION

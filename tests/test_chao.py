@@ -1,14 +1,14 @@
-"""Hill numbers from incomplete samples (devrl.chao) against assemblages whose D0, D1 and D2 are
-known: the estimators converge, and the intervals from the estimated assemblage cover the truth
-in about the stated share of samples."""
+"""Hill numbers from incomplete samples (devrl.measures.chao) against assemblages whose D0, D1 and
+D2 are known: the estimators converge, and the intervals from the estimated assemblage cover the
+truth in about the stated share of samples."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from devrl import chao
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
+from devrl.measures import chao
 
 
 def truth(p: np.ndarray) -> dict[int, float]:
@@ -103,7 +103,7 @@ def expected_at(m: int, rng: np.random.Generator) -> dict[int, float]:
 
 
 def test_at_its_own_size_a_sample_has_its_own_numbers_and_the_curve_is_continuous():
-    from devrl.diversity import hill_numbers
+    from devrl.measures.diversity import hill_numbers
 
     x = np.random.default_rng(4).multinomial(64, P)
     x = x[x > 0]

@@ -10,9 +10,10 @@ import time
 import pytest
 from conftest import run_cli
 
-from devrl.config import ConfigError, TrainConfig, config_from_dict, make_config
-from devrl.runs import prepare_run_dir
-from devrl.sweep import child_env, claim_cpus, make_spec, run_dir_for, run_name, task_options
+from devrl.core.base import ConfigError
+from devrl.core.config import TrainConfig, config_from_dict, make_config
+from devrl.runs.rundir import prepare_run_dir
+from devrl.runs.sweep import child_env, claim_cpus, make_spec, run_dir_for, run_name, task_options
 
 BAD = [
     (["--env-name", "Craftax-Nope-v0"],
@@ -138,7 +139,7 @@ def test_a_sweep_grid_is_the_product_of_its_axes(tmp_path):
 
 
 def test_threads_per_run_pins_the_trainer_and_gpus_are_shared_on_request():
-    code = ("from devrl.sweep import become_trainer; import os; become_trainer(None, '0'); "
+    code = ("from devrl.runs.sweep import become_trainer; import os; become_trainer(None, '0'); "
             "print(sorted(os.sched_getaffinity(0)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60, check=True)
@@ -185,7 +186,7 @@ def test_the_local_ray_instance_is_a_private_one(monkeypatch):
 
     import ray
 
-    from devrl.sweep import start_ray
+    from devrl.runs.sweep import start_ray
 
     seen = {}
 
@@ -234,7 +235,7 @@ def test_help_explains_every_hyperparameter():
 def test_a_trainer_dies_with_the_process_that_started_it():
     """The kernel kills a `devrl train-one` process when its parent (the Ray task) dies, even in
     a session of its own, where no process-group kill would reach it."""
-    child = ("import os, sys, time; from devrl.sweep import become_trainer; "
+    child = ("import os, sys, time; from devrl.runs.sweep import become_trainer; "
              "become_trainer(int(sys.argv[1]), None); print(os.getpid(), flush=True); "
              "time.sleep(120)")
     parent = ("import os, subprocess, sys, time; subprocess.Popen([sys.executable, '-c', "
@@ -252,14 +253,14 @@ def test_a_trainer_dies_with_the_process_that_started_it():
     else:
         os.kill(pid, 9)
         raise AssertionError("the child outlived its parent")
-    orphan = subprocess.run([sys.executable, "-c", "from devrl.sweep import become_trainer; "
+    orphan = subprocess.run([sys.executable, "-c", "from devrl.runs.sweep import become_trainer; "
                              "become_trainer(1, None)"], capture_output=True, text=True,
                             timeout=60)  # its parent (not pid 1) died before it started
     assert orphan.returncode == 1 and "parent 1 is gone; not training" in orphan.stderr
 
 
 # ------------------------------------------------------------------ numbers that mean a number
-NUMERIC = {name: kind for name, kind in __import__("devrl.config", fromlist=["x"])
+NUMERIC = {name: kind for name, kind in __import__("devrl.core.config", fromlist=["x"])
            .field_types().items() if kind in (int, float)}
 
 
@@ -268,7 +269,7 @@ NUMERIC = {name: kind for name, kind in __import__("devrl.config", fromlist=["x"
 def test_every_numeric_field_refuses_non_finite_and_fractional_values(name, value):
     """From a config or sweep file (check_type) and from a flag (coerce): a float field takes
     any finite number, an int field a finite whole number; everything else is named."""
-    from devrl.config import check_type, coerce
+    from devrl.core.config import check_type, coerce
 
     if NUMERIC[name] is float and value == 8.5:
         assert check_type(name, value) == 8.5 and coerce(name, "8.5") == 8.5
@@ -286,7 +287,7 @@ def test_every_numeric_field_refuses_non_finite_and_fractional_values(name, valu
 def test_an_integer_too_large_for_a_float_is_named_not_a_traceback():
     """A JSON file or a flag may hold an integer of 400 digits: a float field refuses it as
     infinite, an int field takes it (validate then judges its size); no OverflowError."""
-    from devrl.config import check_type, coerce
+    from devrl.core.config import check_type, coerce
 
     huge = 10 ** 400
     with pytest.raises(ConfigError, match=r"^lr=1000.* is not allowed: must be of type float"):
@@ -297,7 +298,7 @@ def test_an_integer_too_large_for_a_float_is_named_not_a_traceback():
 def test_a_config_that_reaches_validate_with_a_non_finite_float_is_refused():
     import dataclasses
 
-    from devrl.config import make_config
+    from devrl.core.config import make_config
 
     for name in ("lr", "ent_coef", "vf_coef", "gamma"):
         for value in (float("nan"), float("inf")):

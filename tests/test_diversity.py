@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from devrl import diversity as dv
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
+from devrl.measures import diversity as dv
+from devrl.studies import diversity as study
 
 
 def test_hill_numbers_of_known_distributions():
@@ -155,7 +156,7 @@ def constructed_study(no_plant_peak=0.05):
     d1_end = {"default": 4.0, "no_plant": 4.5, "every_plant": 2.0, "plant_x4": 3.0}
     peak_at = {"default": 2, "no_plant": 2, "every_plant": 3, "plant_x4": 1}
     rows, net = [], []
-    for variant in dv.VARIANT_ORDER:
+    for variant in study.VARIANT_ORDER:
         for seed in (0, 1):
             for update in range(5):
                 share = peaks[variant] if update == peak_at[variant] else peaks[variant] / 2
@@ -183,26 +184,26 @@ def constructed_study(no_plant_peak=0.05):
 
 def test_prediction_verdicts_follow_their_rules():
     checkpoints, jsd, events, network, fit = constructed_study()
-    assert dv.verdicts(checkpoints, jsd, events, network, fit) == {
+    assert study.verdicts(checkpoints, jsd, events, network, fit) == {
         f"p{i}": "held" for i in range(1, 8)}
-    table = dv.overshoot_table(checkpoints)
+    table = study.overshoot_table(checkpoints)
     row = table[(table["variant"] == "plant_x4") & (table["seed"] == 0)].iloc[0]
     assert (row["peak_share"], row["peak_update"], row["final_plants"]) == (0.2, 1, 1.5)
     # Each rule can fail.
     checkpoints, jsd, events, network, fit = constructed_study(no_plant_peak=0.5)
-    out = dv.verdicts(checkpoints, jsd, events, network, fit.assign(aic=[1.0, 11.0]))
+    out = study.verdicts(checkpoints, jsd, events, network, fit.assign(aic=[1.0, 11.0]))
     assert out["p2"] == "did not hold" and out["p7"] == "did not hold" and out["p3"] == "held"
-    out = dv.verdicts(checkpoints, jsd.assign(jsd=[0.3, 0.2, 0.1]), events.assign(p=0.01),
+    out = study.verdicts(checkpoints, jsd.assign(jsd=[0.3, 0.2, 0.1]), events.assign(p=0.01),
                       network, None)
     assert out["p5"] == "did not hold" and out["p6"] == "did not hold"
     # Prediction 1 judges the excess over the null, not the raw change.
     growing = events.copy()
     growing.loc[1, "null_mean"] = 0.0  # excess 1.2 at the last offset > 0.8 at the discovery
-    assert dv.verdicts(checkpoints, jsd, growing, network, fit)["p1"] == "did not hold"
+    assert study.verdicts(checkpoints, jsd, growing, network, fit)["p1"] == "did not hold"
     assert out["p7"] == "untested"
     # Without the variants, their predictions are untested, not failed.
     control = checkpoints[checkpoints["variant"] == "default"]
-    out = dv.verdicts(control, jsd.iloc[:0], events, network, None)
+    out = study.verdicts(control, jsd.iloc[:0], events, network, None)
     assert out["p2"] == out["p3"] == out["p4"] == out["p5"] == "untested"
 
 
@@ -238,7 +239,7 @@ def test_leaving_the_discovered_achievement_out_removes_its_own_contribution():
     assert events["achievement"].tolist() == ["new"] and events["update"].tolist() == [6.0]
     table = dv.strategy_table(episodes, by=("variant", "seed", "update"))
     assert table.loc[6, "d1"] > 1.7 * table.loc[5, "d1"]  # the new bit alone, nearly 2x
-    others = dv.others_table(episodes, events)
+    others = study.others_table(episodes, events)
     assert set(others["achievement"]) == {"new"}
     jump = others.set_index("update")["d1_others"]
     assert abs(jump[6] - jump[5]) < 0.5
@@ -247,12 +248,12 @@ def test_leaving_the_discovered_achievement_out_removes_its_own_contribution():
 def test_jsd_states_are_a_fixed_stratified_sample_of_the_probe():
     contexts = np.repeat([0, 1, 2], [500, 40, 700])
     probe = {"context": contexts, "obs": np.zeros((len(contexts), 1))}
-    picked = dv.jsd_states(probe, size=300)
-    assert np.array_equal(picked, dv.jsd_states(probe, size=300))  # fixed
+    picked = study.jsd_states(probe, size=300)
+    assert np.array_equal(picked, study.jsd_states(probe, size=300))  # fixed
     assert np.all(np.diff(picked) > 0)  # sorted, distinct
     counts = np.bincount(contexts[picked], minlength=3)
     assert list(counts) == [100, 40, 100]  # an equal share, or all a context has
-    assert len(dv.jsd_states(probe, size=10_000)) == len(contexts)
+    assert len(study.jsd_states(probe, size=10_000)) == len(contexts)
 
 
 def _curve(rates: list[float], episodes: int = 64) -> pd.DataFrame:
@@ -285,8 +286,8 @@ def test_discovery_is_a_sustained_significant_rise_over_the_untrained_rate(rates
 def test_a_stricter_level_finds_discoveries_no_earlier():
     rates = [0.05, 0.05, 0.15, 0.2, 0.3, 0.5, 0.6, 0.7]
     at = {alpha: dv.discoveries(_curve(rates), alpha).iloc[0]["update"]
-          for alpha in dv.DISCOVERY_ALPHAS}
-    levels = sorted(dv.DISCOVERY_ALPHAS, reverse=True)
+          for alpha in study.DISCOVERY_ALPHAS}
+    levels = sorted(study.DISCOVERY_ALPHAS, reverse=True)
     assert all(at[a] <= at[b] for a, b in itertools.pairwise(levels))
     with pytest.raises(ConfigError, match="^alpha=1.5 is not allowed"):
         dv.discoveries(_curve(rates), 1.5)
@@ -295,14 +296,14 @@ def test_a_stricter_level_finds_discoveries_no_earlier():
 def test_prose_helpers_name_missing_structures_and_the_kind_of_each_prediction():
     table = pd.DataFrame({"variant": ["no_plant", "default"], "x": [1.234, 2.0],
                           "x_sd": [0.1, 0.25]})
-    assert dv.listing(table, "x", ".1f") == (
+    assert study.listing(table, "x", ".1f") == (
         "`default` 2.0 ± 0.2, `no_plant` 1.2 ± 0.1 (`every_plant` and `plant_x4`: no run yet)")
-    assert dv.listing(table, "x", ".2f", sd=False, variants=["no_plant"]) == "`no_plant` 1.23"
+    assert study.listing(table, "x", ".2f", sd=False, variants=["no_plant"]) == "`no_plant` 1.23"
     manifest = {"planned": ["no_plant-seed_0", "no_plant-seed_1", "plant_x4-seed_0"],
                 "held": ["no_plant-seed_1"]}
-    assert dv.holding(manifest) == ("1 of the 3 planned variant runs (`no_plant` 1 of 2 seeds; "
+    assert study.holding(manifest) == ("1 of the 3 planned variant runs (`no_plant` 1 of 2 seeds; "
                                     "`plant_x4` 0 of 1 seeds)")
-    said = dv.stated({"p1": "held", "p2": "untested", "p3": "did not hold"})
+    said = study.stated({"p1": "held", "p2": "untested", "p3": "did not hold"})
     assert said == {"p1": "held (exploratory)", "p2": "untested (it would be a test)",
                     "p3": "did not hold (a test)"}
-    assert set(dv.PREDICTION_KIND) == {f"p{i}" for i in range(1, 8)}
+    assert set(study.PREDICTION_KIND) == {f"p{i}" for i in range(1, 8)}

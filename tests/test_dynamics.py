@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from devrl.config import ConfigError
-from devrl.dynamics import (
+from devrl.core.base import ConfigError
+from devrl.measures.dynamics import (
     compare_turns,
     essential_dynamics,
     limit_pc1_share,

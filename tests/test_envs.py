@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from craftax.craftax_classic.constants import Achievement, Action, BlockType
 
-from devrl.envs import BehaviourWrapper, PoolResetVecEnv, plant_context
+from devrl.core.envs import BehaviourWrapper, PoolResetVecEnv, plant_context
 
 RIGHT, LEFT = 2, 1  # player_direction values: facing (0, +1) and (0, -1)
 
@@ -182,7 +182,8 @@ def test_reward_variants_on_a_scripted_sequence(variant):
 
 
 def test_unknown_reward_is_a_clear_error():
-    from devrl.config import ConfigError, make_config
+    from devrl.core.base import ConfigError
+    from devrl.core.config import make_config
 
     with pytest.raises(ConfigError, match="reward='plant_x5'.*default, no_plant, every_plant"):
         BehaviourWrapper(reward="plant_x5")
@@ -193,7 +194,7 @@ def test_unknown_reward_is_a_clear_error():
 
 
 def test_reward_field_keeps_the_hash_of_runs_made_before_it():
-    from devrl.config import make_config
+    from devrl.core.config import make_config
 
     # The committed data/craftax-cpu runs (seed 0) were hashed before `reward` existed.
     assert make_config("cpu").config_hash() == "394ede7e0aa4344c"

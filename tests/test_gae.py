@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from devrl.ppo import compute_gae
+from devrl.core.ppo import compute_gae
 
 
 def numpy_gae(rewards, values, dones, last_value, gamma, lam):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from devrl import grokking as gk
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
+from devrl.studies import grokking as gk
 
 
 def test_the_task_is_modular_addition_split_by_the_seed():

@@ -1,4 +1,5 @@
-"""Statistical tests of the SGLD sampler's hashed random numbers (devrl.llc), as the sampler uses them.
+"""Statistical tests of the SGLD sampler's hashed random numbers (devrl.measures.llc), as the
+sampler uses them.
 
 The Gaussian noise is z = √2 erfinv(2u − 1) of uniforms u from a counter-based hash keyed by two
 words of a JAX key (`_hash_uniform`, `_normal_like`); the minibatch indices come from the same
@@ -25,8 +26,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from devrl import llc
-from devrl.llc import estimate_llc
+from devrl.measures import llc
+from devrl.measures.llc import estimate_llc
 
 N_DRAWS = 1 << 20
 KEYS = (0, 1, 2)

@@ -43,9 +43,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from devrl import known
-from devrl.config import ConfigError
-from devrl.llc import LLCDivergenceError, estimate_llc, full_loss, restrict_data, sample_mask
+from devrl.core.base import ConfigError
+from devrl.measures import known
+from devrl.measures.llc import (
+    LLCDivergenceError,
+    estimate_llc,
+    full_loss,
+    restrict_data,
+    sample_mask,
+)
 
 SETTINGS = dict(known.VALIDATION_SETTINGS["cpu"])  # the validation figure's settings
 NUM_DATA = SETTINGS.pop("num_data")
@@ -409,7 +415,7 @@ def test_data_restricted_llc_uses_the_subset_size():
 def test_loss_free_distance_is_what_sgld_reaches_without_a_loss(d, steps):
     """With a loss that is flat everywhere, the chains' mean distance from w* is the closed form
     of `loss_free_distance`, in the transient (few steps) and near equilibrium."""
-    from devrl.llc import loss_free_distance
+    from devrl.measures.llc import loss_free_distance
 
     def flat(w, batch):
         return 0.0 * jnp.sum(w) + 0.0 * jnp.sum(batch)

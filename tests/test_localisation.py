@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from devrl import localisation as loc
-from devrl.config import ConfigError, make_config
-from devrl.ppo import make_network
+from devrl.core.base import ConfigError
+from devrl.core.config import make_config
+from devrl.core.ppo import make_network
+from devrl.measures import localisation as loc
 
 
 def two_checkpoints():
@@ -147,7 +148,7 @@ def test_credit_split_on_a_craftax_rollout():
     parts, rollout = loc.credit_split(config, params, envs=8, steps=64, key=jax.random.PRNGKey(1))
     assert len(parts) == len(loc.source_names())
     # An exported checkpoint holds the actor only: the same split, the critic being unused.
-    from devrl.policy_llc import actor_params
+    from devrl.measures.policy_llc import actor_params
 
     alone, _ = loc.credit_split(config, actor_params(params), envs=8, steps=64,
                                 key=jax.random.PRNGKey(1))
@@ -169,7 +170,7 @@ def test_credit_split_on_a_craftax_rollout():
 
 # ------------------------------------------------------------------ the index against chance
 def _credit_rows(profiles: np.ndarray, events: list[int], shares: list[float]) -> pd.DataFrame:
-    from devrl.localisation import specialisation_index
+    from devrl.measures.localisation import specialisation_index
 
     index = specialisation_index(profiles, np.sqrt(shares))
     return pd.DataFrame({"seed": 0, "update": 0, "layer": "actor_0",
@@ -178,7 +179,7 @@ def _credit_rows(profiles: np.ndarray, events: list[int], shares: list[float]) -
 
 
 def test_random_gradients_sit_inside_the_null_and_disjoint_ones_above_it():
-    from devrl.localisation import null_verdict, specialisation_against_null
+    from devrl.studies.localisation import null_verdict, specialisation_against_null
 
     events, shares, units = [40, 8, 3, 0], [0.5, 0.3, 0.2, 0.0], 64
     rng = np.random.default_rng(11)

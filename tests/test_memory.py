@@ -1,6 +1,6 @@
 """Recurrent PPO you can trust, and the memory measures on a task whose answers are known.
 
-The cue-memory task (devrl.memory_task): a cue shown at t = 0 decides which action pays at
+The cue-memory task (devrl.core.memory_task): a cue shown at t = 0 decides which action pays at
 t = DELAY. A recurrent agent can earn 1 per episode, any memoryless agent 0.5; the memory horizon
 of a solver is DELAY steps; the cue is decodable from a solver's hidden state and not from the
 current observation.
@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from conftest import assert_same_run
 
-from devrl import memory, ppo
-from devrl.config import CUE_ENV, make_config
-from devrl.memory_task import DELAY, CueMemoryVecEnv
-from devrl.runs import train
+from devrl.core import ppo
+from devrl.core.config import CUE_ENV, make_config
+from devrl.core.memory_task import DELAY, CueMemoryVecEnv
+from devrl.runs.training import train
+from devrl.studies import memory
 
 pytestmark = pytest.mark.slow
 
@@ -154,8 +155,8 @@ def test_recurrent_probe_states_carry_the_history_the_policy_acted_with(tmp_path
     """Each probe state's window is its episode's history in the rollout that reached it, so the
     checkpoint that ran the rollout, evaluated on the windows, gives back the probabilities it
     acted with; a window cut short (as a zero hidden state a few steps back would be) does not."""
-    from devrl.behaviour import collect_probe, make_probe_policy
-    from devrl.runs import list_checkpoints, load_params
+    from devrl.measures.behaviour import collect_probe, make_probe_policy
+    from devrl.runs.rundir import list_checkpoints, load_params
 
     config = make_config("smoke", memory=4)
     run_dir = train(config, tmp_path / "rnn")
@@ -184,7 +185,7 @@ def test_craftax_variables_remember_a_landmark_out_of_view():
     player moves 10 cells away it is out of view, and the remembered offset is exact."""
     from craftax.craftax_classic.constants import BlockType
 
-    from devrl.envs import BehaviourWrapper
+    from devrl.core.envs import BehaviourWrapper
 
     env = BehaviourWrapper()
     _, state = env.reset(jax.random.PRNGKey(0), env.default_params)
@@ -214,7 +215,7 @@ def _final(drink: dict[int, list[float]]) -> pd.DataFrame:
 
 
 def test_achievement_verdict_fails_only_where_the_seed_ranges_separate():
-    from devrl.memory import achievement_verdict
+    from devrl.studies.memory import achievement_verdict
 
     overlapping = achievement_verdict(_final({0: [0.25, 0.28, 0.31], 64: [0.30, 0.40, 0.45]}))
     assert overlapping["holds"] and overlapping["word"] == "held"
@@ -233,7 +234,7 @@ def _probes(r2: dict[tuple[str, str], float]) -> pd.DataFrame:
 
 
 def test_probes_verdict_is_untestable_where_nothing_decodes():
-    from devrl.memory import probes_verdict
+    from devrl.studies.memory import probes_verdict
 
     nothing = {(v, f): 0.02 for v in ("water_dx", "steps_since_drink")
                for f in ("hidden", "untrained", "observation")}

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from devrl.networks import ActorCritic, initial_hidden
+from devrl.core.networks import ActorCritic, initial_hidden
 
 
 def test_recurrent_hidden_state_resets_at_episode_start():

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from devrl import output_llc as o
-from devrl.config import make_config
-from devrl.envs import ACTION_NAMES
-from devrl.llc import estimate_llc
-from devrl.ppo import make_network
+from devrl.core.config import make_config
+from devrl.core.envs import ACTION_NAMES
+from devrl.core.ppo import make_network
+from devrl.measures import output_llc as o
+from devrl.measures.llc import estimate_llc
 
 
 def constructed(n: int = 200, width: int = 6, actions: int = 5, scale: float = 1.0, seed: int = 0
@@ -58,7 +58,7 @@ def test_hessian_is_flat_along_the_softmax_shift_and_the_features_null_space():
 
 
 def test_features_reproduce_the_networks_logits_and_its_output_layer_loss():
-    from devrl.policy_llc import loss_for
+    from devrl.measures.policy_llc import loss_for
 
     config = make_config("smoke")
     network = make_network(config, len(ACTION_NAMES))

@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from devrl.config import ConfigError, TrainConfig
-from devrl.envs import ACTION_NAMES, CONTEXTS
-from devrl.policy_llc import (
+from devrl.core.base import ConfigError
+from devrl.core.config import TrainConfig
+from devrl.core.envs import ACTION_NAMES, CONTEXTS
+from devrl.core.ppo import make_network
+from devrl.measures.policy_llc import (
     CHECK_STEPS_FACTOR,
     LLC_SETTINGS,
     MAX_DRIFT,
@@ -29,7 +31,6 @@ from devrl.policy_llc import (
     trace_drift,
     variants,
 )
-from devrl.ppo import make_network
 
 CONFIG = TrainConfig(width=16, depth=2, memory=0)
 OBS_DIM = 12
@@ -170,15 +171,9 @@ def test_check_step_size_is_the_next_smaller_of_the_grid():
 
 def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
     """A fake run directory (probe set, three checkpoints), estimated and exported twice."""
-    from devrl.policy_llc import export_llc
-    from devrl.runs import (
-        RUN_SCRATCH,
-        atomic_write_json,
-        atomic_write_npz,
-        params_to_flat,
-        verify_manifest,
-        write_manifest,
-    )
+    from devrl.core.base import atomic_write_json, atomic_write_npz
+    from devrl.measures.policy_llc import export_llc
+    from devrl.runs.rundir import RUN_SCRATCH, params_to_flat, verify_manifest, write_manifest
 
     _, probe = _problem()
     network = make_network(CONFIG, len(ACTION_NAMES))
@@ -222,7 +217,7 @@ def test_export_writes_a_verified_data_set_and_resumes(tmp_path, monkeypatch):
 
 
 def test_log_spaced_picks_exactly_count_checkpoints_with_both_ends():
-    from devrl.policy_llc import log_spaced
+    from devrl.measures.policy_llc import log_spaced
 
     updates = [1, 2, 3, 5, 7, 11, 16, 32, 48, 64, 128, 256, 488]
     for count in (1, 2, 3, 5, 12):
@@ -241,8 +236,8 @@ def test_confinement_is_one_for_chains_with_no_loss_and_small_for_confined_ones(
     import jax.numpy as jnp
     import pandas as pd
 
-    from devrl.llc import estimate_llc
-    from devrl.policy_llc import confinement
+    from devrl.measures.llc import estimate_llc
+    from devrl.measures.policy_llc import confinement
 
     settings = {"localization": 50.0, "num_burnin": 100, "num_steps": 300}
     rows = []

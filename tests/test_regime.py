@@ -1,5 +1,5 @@
-"""The regime rule of devrl.regime: each criterion on constructed tables, the closed form of λ̂
-for a quadratic loss, and the rule on deep linear networks with known λ."""
+"""The regime rule of devrl.measures.regime: each criterion on constructed tables, the closed form
+of λ̂ for a quadratic loss, and the rule on deep linear networks with known λ."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from devrl import regime
-from devrl.config import ConfigError
-from devrl.llc import estimate_llc
+from devrl.core.base import ConfigError
+from devrl.measures import regime
+from devrl.measures.llc import estimate_llc
 
 GRID = regime.RegimeGrid(nbeta_factors=(1.0, 4.0), localizations=(1.0, 100.0), base_factor=1.0,
                          base_localization=100.0, step_nbeta=0.02, step_sizes=(1e-3,),
@@ -51,7 +51,7 @@ def test_a_cell_meeting_every_criterion_passes():
 def test_the_confinement_ratio_is_one_for_loss_free_chains():
     """A cell whose chains lie exactly as far out as SGLD without a loss term fails the
     confinement criterion (the loss does not hold them), whatever √(d/γ) says."""
-    from devrl.llc import loss_free_distance
+    from devrl.measures.llc import loss_free_distance
 
     cell = _table().query("kind == 'grid' and nbeta_factor == 1.0 and localization == 100.0")
     cell = cell.iloc[0]
@@ -168,7 +168,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "llc-regime-cpu"
 
 @pytest.fixture(scope="module")
 def committed():
-    from devrl.analysis import open_data_set
+    from devrl.datasets import open_data_set
 
     manifest = open_data_set(DATA, "cpu")
     return ({name: pd.read_parquet(DATA / f"{name}.parquet")

@@ -8,14 +8,12 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from devrl import runs
-from devrl.config import ConfigError, make_config
-from devrl.runs import (
-    atomic_write_npz,
-    checkpoint_schedule,
-    verify_manifest,
-    write_manifest,
-)
+from devrl.core import base
+from devrl.core.base import ConfigError, atomic_write_npz
+from devrl.core.config import make_config
+from devrl.runs import rundir, training
+from devrl.runs.rundir import verify_manifest, write_manifest
+from devrl.runs.training import checkpoint_schedule
 
 
 def test_schedule_is_dense_early_and_ends_at_the_last_update():
@@ -49,7 +47,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     def disk_full(_fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "fsync", disk_full)
+    monkeypatch.setattr(base.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         atomic_write_npz(target, {"x": np.arange(1000)})
     assert target.read_bytes() == before
@@ -81,14 +79,14 @@ def test_verify_reports_every_problem_per_manifest_and_goes_on(tmp_path):
 def test_pending_checksums_make_an_interruption_not_a_corruption(tmp_path):
     atomic_write_npz(tmp_path / "a.npz", {"x": np.arange(3)})
     write_manifest(tmp_path, {})
-    new = runs.npz_bytes({"x": np.arange(5)})
-    runs.mark_pending(tmp_path, {"a.npz": new, "b.npz": new})
+    new = base.npz_bytes({"x": np.arange(5)})
+    rundir.mark_pending(tmp_path, {"a.npz": new, "b.npz": new})
     assert verify_manifest(tmp_path)[0].kind == "interrupted"  # nothing written yet
-    runs.atomic_write_bytes(tmp_path / "a.npz", new)
-    runs.atomic_write_bytes(tmp_path / "b.npz", new)
+    base.atomic_write_bytes(tmp_path / "a.npz", new)
+    base.atomic_write_bytes(tmp_path / "b.npz", new)
     assert [p.kind for p in verify_manifest(tmp_path)] == ["interrupted"]
     with pytest.raises(ConfigError, match="interrupted while writing a checkpoint"):
-        runs.check_verified(tmp_path)
+        rundir.check_verified(tmp_path)
     (tmp_path / "a.npz").write_bytes(b"damaged")  # neither the old nor the pending bytes
     assert [p.kind for p in verify_manifest(tmp_path)] == ["changed"]
 
@@ -98,7 +96,7 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
     previous = os.umask(umask)
     try:
         atomic_write_npz(tmp_path / "x.npz", {"x": np.arange(3)})
-        runs.atomic_write_json(tmp_path / "x.json", {})
+        base.atomic_write_json(tmp_path / "x.json", {})
     finally:
         os.umask(previous)
     for name in ("x.npz", "x.json"):
@@ -117,11 +115,11 @@ class Reordered(NamedTuple):  # the same leaves in another order, as a code chan
 
 def test_resume_loads_the_state_by_tree_path(tmp_path):
     path = tmp_path / "latest.npz"
-    runs.save_runner(path, Saved(actor=np.ones((2, 2), np.float32),
+    training.save_runner(path, Saved(actor=np.ones((2, 2), np.float32),
                                  critic=np.zeros((2, 2), np.float32)))
     template = Reordered(critic=np.full((2, 2), 7, np.float32),
                          actor=np.full((2, 2), 7, np.float32))
-    loaded = runs.load_runner(path, template)
+    loaded = training.load_runner(path, template)
     np.testing.assert_array_equal(loaded.actor, np.ones((2, 2)))
     np.testing.assert_array_equal(loaded.critic, np.zeros((2, 2)))
 
@@ -130,7 +128,7 @@ def test_resume_loads_the_state_by_tree_path(tmp_path):
         critic: np.ndarray
 
     with pytest.raises(ConfigError, match=r"not saved: \.policy"):
-        runs.load_runner(path, Renamed(np.zeros((2, 2), np.float32),
+        training.load_runner(path, Renamed(np.zeros((2, 2), np.float32),
                                        np.zeros((2, 2), np.float32)))
 
 
@@ -145,7 +143,7 @@ def _git(cwd, *args):
 @pytest.fixture
 def clone(tmp_path):
     """A clone of this repository at its HEAD, with a clean work tree."""
-    top = runs.repository_of()
+    top = rundir.repository_of()
     if top is None:
         pytest.skip("the package does not run from a git work tree")
     target = tmp_path / "clone"
@@ -156,15 +154,15 @@ def clone(tmp_path):
 def test_git_commit_marks_a_modified_tracked_file_as_dirty(clone):
     package = clone / "src" / "devrl"
     head = _git(clone, "rev-parse", "HEAD")
-    assert runs.git_commit(package) == head
+    assert rundir.git_commit(package) == head
     (clone / "data" / "note.txt").write_text("data are not code")  # outside the source paths
-    assert runs.git_commit(package) == head
-    module = package / "config.py"
+    assert rundir.git_commit(package) == head
+    module = package / "core" / "config.py"
     module.write_text(module.read_text() + "\n# a local change\n")
-    assert runs.git_commit(package) == head + "+dirty"
-    _git(clone, "checkout", "--", "src/devrl/config.py")
+    assert rundir.git_commit(package) == head + "+dirty"
+    _git(clone, "checkout", "--", "src/devrl/core/config.py")
     (package / "new_module.py").write_text("X = 1\n")  # untracked code counts too
-    assert runs.git_commit(package) == head + "+dirty"
+    assert rundir.git_commit(package) == head + "+dirty"
 
 
 def _manifest_at(folder, commit, source=None):
@@ -176,20 +174,21 @@ def _manifest_at(folder, commit, source=None):
 
 def test_provenance_names_a_dirty_tree_and_modules_the_commit_lacks_or_holds_otherwise(clone):
     head = _git(clone, "rev-parse", "HEAD")
-    config_blob = _git(clone, "rev-parse", "HEAD:src/devrl/config.py")
-    clean = _manifest_at(clone / "out" / "clean", head, {"src/devrl/config.py": config_blob})
-    assert runs.provenance_problems(clean, clone) == []
+    config_blob = _git(clone, "rev-parse", "HEAD:src/devrl/core/config.py")
+    clean = _manifest_at(clone / "out" / "clean", head, {"src/devrl/core/config.py": config_blob})
+    assert rundir.provenance_problems(clean, clone) == []
     dirty = _manifest_at(clone / "out" / "dirty", head + "+dirty",
-                         {"src/devrl/config.py": config_blob})
-    assert [p.kind for p in runs.provenance_problems(dirty, clone)] == ["dirty"]
+                         {"src/devrl/core/config.py": config_blob})
+    assert [p.kind for p in rundir.provenance_problems(dirty, clone)] == ["dirty"]
     lacking = _manifest_at(clone / "out" / "lacking", head,
-                           {"src/devrl/config.py": config_blob, "src/devrl/absent.py": "0" * 40})
-    problems = runs.provenance_problems(lacking, clone)
+                           {"src/devrl/core/config.py": config_blob,
+                            "src/devrl/absent.py": "0" * 40})
+    problems = rundir.provenance_problems(lacking, clone)
     assert [p.kind for p in problems] == ["lacks-module"] and "absent.py" in problems[0]
-    other = _manifest_at(clone / "out" / "other", head, {"src/devrl/config.py": "1" * 40})
-    assert [p.kind for p in runs.provenance_problems(other, clone)] == ["module-differs"]
+    other = _manifest_at(clone / "out" / "other", head, {"src/devrl/core/config.py": "1" * 40})
+    assert [p.kind for p in rundir.provenance_problems(other, clone)] == ["module-differs"]
     unknown = _manifest_at(clone / "out" / "unknown", "f" * 40, {})
-    assert [p.kind for p in runs.provenance_problems(unknown, clone)] == ["unknown-commit"]
+    assert [p.kind for p in rundir.provenance_problems(unknown, clone)] == ["unknown-commit"]
 
 
 def test_an_older_manifest_that_landed_with_new_code_is_in_doubt(clone):
@@ -197,29 +196,29 @@ def test_an_older_manifest_that_landed_with_new_code_is_in_doubt(clone):
     and a change to another: the signature of data made from uncommitted code."""
     before = _git(clone, "rev-parse", "HEAD")
     (clone / "src" / "devrl" / "study_x.py").write_text("def build():\n    return 1\n")
-    config = clone / "src" / "devrl" / "config.py"
+    config = clone / "src" / "devrl" / "core" / "config.py"
     config.write_text(config.read_text() + "\n# changed with the data\n")
     folder = _manifest_at(clone / "data" / "x-cpu", before)
     _git(clone, "add", "-A")
     _git(clone, "commit", "--quiet", "-m", "data and code together")
-    kinds = {p.kind: str(p) for p in runs.provenance_problems(folder, clone)}
+    kinds = {p.kind: str(p) for p in rundir.provenance_problems(folder, clone)}
     assert set(kinds) == {"lacks-module", "landed-with-code"}
     assert "src/devrl/study_x.py" in kinds["lacks-module"]
-    assert "src/devrl/config.py" in kinds["landed-with-code"]
+    assert "src/devrl/core/config.py" in kinds["landed-with-code"]
     honest = _manifest_at(clone / "data" / "y-cpu", _git(clone, "rev-parse", "HEAD"))
     _git(clone, "add", "-A")
     _git(clone, "commit", "--quiet", "-m", "data alone")
-    assert [p.kind for p in runs.provenance_problems(honest, clone)] == ["unrecorded"]
+    assert [p.kind for p in rundir.provenance_problems(honest, clone)] == ["unrecorded"]
 
 
 def test_written_manifests_record_the_modules_that_made_them(tmp_path):
     manifest = write_manifest(tmp_path, {})
-    if runs.repository_of() is None:
+    if rundir.repository_of() is None:
         pytest.skip("the package does not run from a git work tree")
-    assert "src/devrl/runs.py" in manifest["source"]
-    top = runs.repository_of()
-    assert manifest["source"]["src/devrl/runs.py"] == _git(top, "hash-object",
-                                                           "src/devrl/runs.py")
+    assert "src/devrl/runs/rundir.py" in manifest["source"]
+    top = rundir.repository_of()
+    assert manifest["source"]["src/devrl/runs/rundir.py"] == _git(top, "hash-object",
+                                                                  "src/devrl/runs/rundir.py")
 
 
 # ---------------------------------------------------------------- manifests that cannot lie
@@ -234,7 +233,7 @@ def test_a_manifest_that_could_lie_is_malformed(tmp_path, text, problem):
     """The same file twice with two hashes, a path outside the folder or a second name for one
     file, and non-JSON numbers: refused on reading, whatever the checksums say."""
     (tmp_path / "a.txt").write_text("hello")
-    good = runs.sha256_file(tmp_path / "a.txt")
+    good = rundir.sha256_file(tmp_path / "a.txt")
     (tmp_path / "manifest.json").write_text(text.replace("%s", good, 1).replace("%s", "0" * 64))
     if text.count("%s") == 2:  # the right hash last: plain JSON would keep it and pass
         (tmp_path / "manifest.json").write_text(text % ("0" * 64, good))
@@ -244,7 +243,7 @@ def test_a_manifest_that_could_lie_is_malformed(tmp_path, text, problem):
 
 
 def test_config_files_refuse_repeated_keys_and_non_finite_tokens(tmp_path):
-    from devrl.config import loads_strict
+    from devrl.core.config import loads_strict
 
     with pytest.raises(ConfigError, match="^config='x' is not allowed: the key 'lr' appears"):
         loads_strict('{"lr": 1e-3, "lr": 2e-3}', "config='x'")
@@ -267,10 +266,11 @@ def test_divergence_names_the_first_non_finite_update_or_parameter():
                           "value_loss": [1.0, 2.0, 3.0], "entropy": [2.8, 2.8, 2.8],
                           "approx_kl": [0.0, 0.0, 0.0]})
     params = {"w": np.ones(3)}
-    assert runs.divergence(chunk, params).startswith("diverged at update 5: non-finite actor_loss")
+    assert training.divergence(chunk, params).startswith(
+        "diverged at update 5: non-finite actor_loss")
     finite = chunk.assign(actor_loss=0.1)
-    assert runs.divergence(finite, params) is None
-    message = runs.divergence(finite, {"w": np.array([1.0, np.nan])})
+    assert training.divergence(finite, params) is None
+    message = training.divergence(finite, {"w": np.array([1.0, np.nan])})
     assert message.startswith("diverged at update 6: non-finite parameters in 1 arrays")
 
 
@@ -278,13 +278,14 @@ def test_a_run_that_diverges_stops_keeps_its_last_finite_checkpoint_and_is_refus
     """A learning rate no network survives: training stops with the named error at the first
     non-finite update, the run keeps its last finite checkpoint and state, and verify and every
     consumer refuse it."""
-    from devrl.runs import DivergedError, check_verified, list_checkpoints, load_params, train
+    from devrl.runs.rundir import check_verified, list_checkpoints, load_params
+    from devrl.runs.training import DivergedError, train
 
     config = make_config("smoke", lr=1e30)
     run_dir = tmp_path / "run"
     with pytest.raises(DivergedError, match=r"diverged at update \d+: non-finite"):
         train(config, run_dir)
-    manifest = runs.read_manifest(run_dir)
+    manifest = rundir.read_manifest(run_dir)
     last = manifest["diverged"]["last_finite_update"]
     assert manifest["updates_done"] == last and not manifest["complete"]
     for update, path in list_checkpoints(run_dir):
@@ -301,9 +302,9 @@ def test_a_run_that_diverges_stops_keeps_its_last_finite_checkpoint_and_is_refus
 def _checkpoint(directory, step: int) -> None:
     """What the trainer does at a checkpoint: pending checksums, new files, a new manifest."""
     files = {"metrics.txt": f"rows up to {step}".encode(), f"params_{step}.bin": bytes([step])}
-    runs.mark_pending(directory, files)
+    rundir.mark_pending(directory, files)
     for rel, data in files.items():
-        runs.atomic_write_bytes(directory / rel, data)
+        base.atomic_write_bytes(directory / rel, data)
     write_manifest(directory, {"updates_done": step})
 
 
@@ -312,18 +313,18 @@ def test_verify_is_never_fooled_by_a_checkpoint_written_during_the_check(tmp_pat
     healthy training run as changed and unlisted): the check is repeated on the new snapshot."""
     write_manifest(tmp_path, {"updates_done": 0})
     _checkpoint(tmp_path, 1)
-    real = runs.sha256_file
+    real = rundir.sha256_file
     calls = {"n": 0}
 
     def hashing_while_training(path):
         calls["n"] += 1
         if calls["n"] == 1:  # the trainer writes checkpoint 2 in the middle of the check
-            monkeypatch.setattr(runs, "sha256_file", real)
+            monkeypatch.setattr(rundir, "sha256_file", real)
             _checkpoint(tmp_path, 2)
-            monkeypatch.setattr(runs, "sha256_file", hashing_while_training)
+            monkeypatch.setattr(rundir, "sha256_file", hashing_while_training)
         return real(path)
 
-    monkeypatch.setattr(runs, "sha256_file", hashing_while_training)
+    monkeypatch.setattr(rundir, "sha256_file", hashing_while_training)
     assert verify_manifest(tmp_path) == []
     assert calls["n"] > 3  # it checked again
 
@@ -337,8 +338,8 @@ def test_verify_is_never_fooled_by_a_checkpoint_written_during_the_check(tmp_pat
         calls["n"] += 1
         return real(path)
 
-    monkeypatch.setattr(runs, "sha256_file", always_training)
-    monkeypatch.setattr(runs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(rundir, "sha256_file", always_training)
+    monkeypatch.setattr(rundir.time, "sleep", lambda s: None)
     assert [p.kind for p in verify_manifest(tmp_path)] == ["in-progress"]
 
 
@@ -355,7 +356,7 @@ def test_a_corrupt_resume_state_is_named_by_its_file_and_is_permanent(tmp_path, 
     else:
         path.write_bytes(damage)
     with pytest.raises(ConfigError, match=f"^{path}: the saved training state is unreadable"):
-        runs.load_runner(path, {"a": np.zeros(1000)})
+        training.load_runner(path, {"a": np.zeros(1000)})
 
 
 def test_a_manifest_names_the_commit_its_process_started_from(clone):
@@ -365,15 +366,15 @@ def test_a_manifest_names_the_commit_its_process_started_from(clone):
     import sys
 
     # the clone runs this checkout's code, committed there as the code the process starts from
-    for module in (runs.repository_of() / "src" / "devrl").glob("*.py"):
-        shutil.copy(module, clone / "src" / "devrl" / module.name)
+    shutil.copytree(rundir.repository_of() / "src" / "devrl", clone / "src" / "devrl",
+                    dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     _git(clone, "add", "-A")
     _git(clone, "commit", "--quiet", "--allow-empty", "-m", "the code under test")
     code = ("import sys, pathlib\n"
-            "from devrl import runs\n"  # imported here: its provenance is taken now
-            "print(runs.git_commit(), flush=True)\n"
+            "from devrl.runs import rundir\n"  # imported here: its provenance is taken now
+            "print(rundir.git_commit(), flush=True)\n"
             "sys.stdin.readline()\n"  # meanwhile the work tree gets a new commit
-            "print(runs.write_manifest(pathlib.Path(sys.argv[1]), {})['git_commit'])\n")
+            "print(rundir.write_manifest(pathlib.Path(sys.argv[1]), {})['git_commit'])\n")
     process = subprocess.Popen([sys.executable, "-c", code, str(clone / "out")],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                env={**__import__("os").environ,
@@ -381,8 +382,8 @@ def test_a_manifest_names_the_commit_its_process_started_from(clone):
     (clone / "out").mkdir()
     started = process.stdout.readline().strip()
     assert started == _git(clone, "rev-parse", "HEAD")
-    (clone / "src" / "devrl" / "config.py").write_text(
-        (clone / "src" / "devrl" / "config.py").read_text() + "\n# later\n")
+    (clone / "src" / "devrl" / "core" / "config.py").write_text(
+        (clone / "src" / "devrl" / "core" / "config.py").read_text() + "\n# later\n")
     _git(clone, "commit", "--quiet", "-am", "a commit while the process runs")
     written, _ = process.communicate("go\n", timeout=120)
     assert written.strip() == started != _git(clone, "rev-parse", "HEAD")

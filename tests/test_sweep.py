@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_run, run_cli
 
-from devrl.config import make_config
-from devrl.runs import read_progress, verify_manifest
-from devrl.sweep import make_spec, run_dir_for, sweep_status
+from devrl.core.config import make_config
+from devrl.runs.rundir import read_progress, verify_manifest
+from devrl.runs.sweep import make_spec, run_dir_for, sweep_status
 
 pytestmark = pytest.mark.slow
 
@@ -315,8 +315,8 @@ def test_a_permanent_error_is_not_retried(tmp_path):
 def test_only_trains_the_named_runs_and_refuses_names_not_in_the_sweep(tmp_path):
     """`only` picks runs of the sweep by name; a finished one among them means nothing to run
     (no Ray instance starts), and a name outside the sweep is an error naming it."""
-    from devrl.config import ConfigError
-    from devrl.sweep import run_name, run_sweep
+    from devrl.core.base import ConfigError
+    from devrl.runs.sweep import run_name, run_sweep
 
     spec = make_spec("smoke", {"reward": ["no_plant", "plant_x4"]}, [0])
     with pytest.raises(ConfigError, match=r"only=\['nope/seed_0'\] is not allowed"):

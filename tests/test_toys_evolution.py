@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 from devrl.toys import evolution as ev
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 from devrl.toys import fork, lagoon
 
 

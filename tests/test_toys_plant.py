@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 from devrl.toys.plant import (
     PlantTask,
     expected_return,

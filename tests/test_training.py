@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from conftest import assert_same_run, run_cli, smoke_run
 
-from devrl import runs
-from devrl.config import make_config
-from devrl.envs import ACTION_NAMES, CONTEXTS, EPISODE_FIELDS
-from devrl.runs import list_checkpoints, load_params, read_progress, train, verify_manifest
+from devrl.core.config import make_config
+from devrl.core.envs import ACTION_NAMES, CONTEXTS, EPISODE_FIELDS
+from devrl.runs import training
+from devrl.runs.rundir import list_checkpoints, load_params, read_progress, verify_manifest
+from devrl.runs.training import train
 
 pytestmark = pytest.mark.slow
 
@@ -39,14 +40,14 @@ def test_multi_seed_run_completes(smoke_runs):
 def interrupt_at(monkeypatch, update: int):
     """Make training stop as a kill would, after the state of `update` is saved and before its
     manifest is written (the heartbeat comes between the two)."""
-    real = runs.heartbeat
+    real = training.heartbeat
 
     def heartbeat(run_dir, status, config, **info):
         if status == "training" and info.get("update") == update:
             raise SystemExit("killed")
         return real(run_dir, status, config, **info)
 
-    monkeypatch.setattr(runs, "heartbeat", heartbeat)
+    monkeypatch.setattr(training, "heartbeat", heartbeat)
 
 
 def test_a_kill_between_checkpoint_and_manifest_is_an_interruption_that_resumes(

@@ -13,11 +13,11 @@ import signal
 import sys
 from pathlib import Path
 
-from devrl.config import (
+from devrl.core.base import ConfigError
+from devrl.core.config import (
     FIELD_HELP,
     SCALE_SEEDS,
     SCALES,
-    ConfigError,
     TrainConfig,
     coerce,
     config_from_dict,
@@ -258,7 +258,7 @@ def _execution(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from devrl.sweep import make_spec, run_sweep
+    from devrl.runs.sweep import make_spec, run_sweep
 
     overrides = {**_config_file(args.config), **_flag_overrides(args)}
     execution = _execution(args)
@@ -267,7 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from devrl.sweep import load_spec, make_spec, run_sweep
+    from devrl.runs.sweep import load_spec, make_spec, run_sweep
 
     execution = _execution(args)
     base = load_spec(Path(args.spec)) if args.spec else None
@@ -280,7 +280,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from devrl.sweep import format_status, sweep_status
+    from devrl.runs.sweep import format_status, sweep_status
 
     rows = sweep_status(Path(args.sweep_dir))
     print(format_status(rows))
@@ -288,10 +288,10 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
 
 
 def cmd_train_one(args: argparse.Namespace) -> int:
-    from devrl.sweep import become_trainer
+    from devrl.runs.sweep import become_trainer
 
     become_trainer(args.parent_pid, args.cpus)  # before JAX initialises
-    from devrl.runs import train
+    from devrl.runs.training import train
 
     config = config_from_dict(loads_strict(args.config_json, "config-json"))
 
@@ -303,7 +303,7 @@ def cmd_train_one(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from devrl.behaviour import evaluate_runs
+    from devrl.measures.behaviour import evaluate_runs
 
     _positive("episodes", args.episodes)
     _positive("max_steps", args.max_steps)
@@ -314,7 +314,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from devrl.export import export_runs
+    from devrl.runs.export import export_runs
 
     _positive("checkpoints", args.checkpoints)
     print(export_runs([Path(p) for p in args.run], Path(args.out),
@@ -323,7 +323,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_llc(args: argparse.Namespace) -> int:
-    from devrl.policy_llc import export_llc
+    from devrl.measures.policy_llc import export_llc
 
     if args.scale not in SCALES:
         raise ConfigError(f"scale={args.scale!r} is not allowed: must be one of "
@@ -338,8 +338,8 @@ def cmd_llc(args: argparse.Namespace) -> int:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    from devrl.analysis import craftax_data, runs_root
-    from devrl.diversity import digest_finished
+    from devrl.datasets import craftax_data, runs_root
+    from devrl.studies.diversity import digest_finished
 
     if args.scale not in SCALES:
         raise ConfigError(f"scale={args.scale!r} is not allowed: must be one of "
@@ -349,7 +349,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     for name, state in status.items():
         print(f"{name:24s} {state}")
     if args.tables:
-        from devrl.analysis import diversity_data
+        from devrl.studies.diversity import diversity_data
 
         data = diversity_data(args.scale, recompute=True, train=False)
         print(f"{data.path}: {len(data.manifest['held'])} of {len(data.manifest['planned'])} "
@@ -358,7 +358,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
 
 def cmd_figure(args: argparse.Namespace) -> int:
-    from devrl.notebooks import check_overrides, notebook_path, read_parameters, run_figure
+    from devrl.book.notebooks import check_overrides, notebook_path, read_parameters, run_figure
 
     if args.list:
         for parameter in read_parameters(notebook_path(args.name)).values():
@@ -380,7 +380,7 @@ def cmd_figure(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from devrl.runs import provenance_problems, verify_manifest
+    from devrl.runs.rundir import provenance_problems, verify_manifest
 
     manifests = []
     for path in args.paths:

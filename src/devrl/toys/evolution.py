@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from devrl.config import ConfigError
-from devrl.diversity import hill_numbers
+from devrl.core.base import ConfigError
+from devrl.measures.diversity import hill_numbers
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 
 FORWARD, BACK, RIGHT = 0, 1, 2
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 
 LEARNERS = ("reinforce", "reinforce_baseline", "actor_critic")
 STRAIGHT, LEFT = 0, 1

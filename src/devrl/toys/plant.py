@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 
 
 @dataclass(frozen=True)

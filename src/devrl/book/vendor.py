@@ -4,7 +4,7 @@ registry into `book/_static/vendor/`, so the website renders charts and equation
 Each package is pinned to a version and its npm `integrity` (sha512 of the tarball); a tarball
 that does not match is refused. The Vega versions are those Altair and vl-convert use
 (`tests/test_book.py` checks that they still agree). Downloads are cached in `~/.cache/devrl/npm`.
-Run as `python -m devrl.vendor`; it does nothing when the files are already in place.
+Run as `python -m devrl.book.vendor`; it does nothing when the files are already in place.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from devrl.analysis import repo_root
-from devrl.runs import atomic_write_bytes
+from devrl.core.base import atomic_write_bytes
+from devrl.datasets import repo_root
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
+from devrl.core.config import SCALES
+from devrl.measures.llc import estimate_llc
 
 DLNParams = tuple[jax.Array, ...]
 
@@ -296,9 +298,6 @@ def validation_suite(scale: str, cases: Sequence[tuple[tuple[int, ...], int]] = 
     key of the case does; `case_llc_mean` and `case_key_spread` are the mean and the range
     (max − min) of λ̂ over the case's keys.
     """
-    from devrl.config import SCALES
-    from devrl.llc import estimate_llc
-
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
     keys = tuple(keys)

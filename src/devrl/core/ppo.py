@@ -1,6 +1,7 @@
 """PPO in the purejaxrl style: `make_train(config)` closes over the static config and returns pure
-functions. A Python driver (`devrl.runs`) calls `run_updates` in chunks between checkpoints;
-per-update metrics come back as arrays at the end of each chunk (no host callback per update)."""
+functions. A Python driver (`devrl.runs.training`) calls `run_updates` in chunks between
+checkpoints; per-update metrics come back as arrays at the end of each chunk (no host callback per
+update)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 
-from devrl.config import CUE_ENV, TrainConfig
-from devrl.envs import BehaviourWrapper, PoolResetVecEnv
-from devrl.networks import ActorCritic, initial_hidden
+from devrl.core.config import CUE_ENV, TrainConfig
+from devrl.core.envs import BehaviourWrapper, PoolResetVecEnv
+from devrl.core.memory_task import CueMemoryVecEnv
+from devrl.core.networks import ActorCritic, initial_hidden
 
 
 class Transition(NamedTuple):
@@ -43,7 +45,6 @@ class Runner:
 
 def compute_gae(rewards, values, dones, last_value, gamma: float, gae_lambda: float):
     """Generalised advantage estimates over time-major arrays; `dones[t]` ends the episode after t."""
-
     def step(carry, x):
         gae, next_value = carry
         reward, value, done = x
@@ -65,8 +66,6 @@ def make_network(config: TrainConfig, num_actions: int) -> ActorCritic:
 def make_env(config: TrainConfig):
     """The vectorised environment of `config` (Craftax, or the cue-memory task)."""
     if config.env_name == CUE_ENV:
-        from devrl.memory_task import CueMemoryVecEnv
-
         return CueMemoryVecEnv(config.num_envs)
     return PoolResetVecEnv(BehaviourWrapper(config.env_name, config.reward), config.num_envs,
                            config.reset_pool_size)

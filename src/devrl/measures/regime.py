@@ -21,18 +21,19 @@ The rule (`judge`): a grid cell passes when every criterion below holds; each ca
 - nβ-insensitive: λ̂ at the next larger nβ of the grid (4×) within MAX_CHANGE of λ̂ here;
 - γ-insensitive: λ̂ at the next smaller γ of the grid within MAX_CHANGE of λ̂ here;
 - confined: the chains' mean distance from w* at most MAX_CONFINEMENT of the distance the same
-  sampler reaches with no loss term (same d, ε, γ and steps: `devrl.llc.loss_free_distance`),
-  i.e. the loss, not the localisation, holds the chains. (It replaced on 2026-12-06 a criterion
-  on the distance against √(d/γ), which a policy at equilibrium cannot pass, since its loss
-  constrains at most n(A − 1) of its d directions, and which chains still diffusing pass; the
-  verdicts on the data set made before that date are therefore exploratory.)
+  sampler reaches with no loss term (same d, ε, γ and steps:
+  `devrl.measures.llc.loss_free_distance`), i.e. the loss, not the localisation, holds the chains.
+  (It replaced on 2026-12-06 a criterion on the distance against √(d/γ), which a policy at
+  equilibrium cannot pass, since its loss constrains at most n(A − 1) of its d directions, and which
+  chains still diffusing pass; the verdicts on the data set made before that date are therefore
+  exploratory.)
 - converged (at the chosen cell only): λ̂ with `longer_factor`× the steps at the same ε within
   MAX_CHANGE, judged only where the longer chains are stable too (acceptance at least
   MIN_ACCEPTANCE): below it, step-size bias is not separated from drift, and the check is
   "not judged", which does not pass.
 The rule picks the passing cell of smallest nβ (then largest γ), runs the longer check there, and
 passes if it holds. (The positivity and below-w* fractions of the step-size calibration in
-`devrl.policy_llc` are not criteria here: with paired draws on a self-distillation loss the
+`devrl.measures.policy_llc` are not criteria here: with paired draws on a self-distillation loss the
 excess is a mean of KL terms and cannot be negative.)
 """
 
@@ -51,9 +52,20 @@ import jax
 import numpy as np
 import pandas as pd
 
-from devrl import known
-from devrl.config import ConfigError
-from devrl.llc import LLCDivergenceError, LLCResult
+from devrl.core.base import ConfigError, atomic_write_json
+from devrl.core.config import config_from_dict
+from devrl.core.envs import ACTION_NAMES, CONTEXTS
+from devrl.measures import known
+from devrl.measures.llc import (
+    LLCDivergenceError,
+    LLCResult,
+    estimate_llc,
+    full_loss,
+    loss_free_distance,
+    restrict_data,
+)
+from devrl.measures.policy_llc import distillation_data, log_spaced, loss_for, trace_drift
+from devrl.runs.rundir import load_params, sha256_file
 
 MIN_ACCEPTANCE = 0.5
 MAX_DRIFT = 0.1
@@ -188,8 +200,6 @@ def dln_estimator(case: str) -> tuple[Estimator, int, float]:
                               singular_values=spec.get("singular_values"))
 
     def estimate(cell: dict[str, Any], key: jax.Array) -> LLCResult:
-        from devrl.llc import estimate_llc
-
         return estimate_llc(known.dln_loss, w0, data, key, draw_loss="paired", **cell)
 
     return (estimate, known.dln_num_params(spec["widths"]),
@@ -235,8 +245,6 @@ def run_cell(estimate: Estimator, cell: dict[str, Any], num_sampled: int, seed: 
         if part.exists():
             return {**cell, **json.loads(part.read_text())}
     try:
-        from devrl.policy_llc import trace_drift
-
         result = estimate(sampler, jax.random.PRNGKey(seed))
         drift = trace_drift(result)
         row = {"llc": result.mean, "llc_std": result.std,
@@ -252,8 +260,6 @@ def run_cell(estimate: Estimator, cell: dict[str, Any], num_sampled: int, seed: 
         if cell["localization"] > 0 else math.inf
     row["key"] = seed
     if part is not None:
-        from devrl.runs import atomic_write_json
-
         atomic_write_json(part, row)
     return {**cell, **row}
 
@@ -325,8 +331,6 @@ def judge(rows: pd.DataFrame, grid: RegimeGrid) -> pd.DataFrame:
 def confinement_ratio(row: Any, localization: float) -> float:
     """The row's mean distance from w* over the distance plain SGLD with no loss term reaches
     with the same d, ε, γ and steps (1: the loss does not hold the chains at all)."""
-    from devrl.llc import loss_free_distance
-
     free = loss_free_distance(int(row["num_sampled"]), float(row["step_size"]),
                               float(localization), int(row["num_burnin"]),
                               int(row["num_steps"]))
@@ -421,15 +425,10 @@ def policy_estimator(folder: Path, seed: int, update: int
     """(estimate(cell, key), d, nβ0 = n/log n, facts) for one exported checkpoint of a
     Craftax data set (`folder`, e.g. data/craftax-cpu: float16 actor checkpoints and probe sets).
 
-    The loss is the self-distillation loss of `devrl.policy_llc` at the stored (float16) weights,
-    which are exactly its minimum. `facts` holds n, the entropy L_n(w*) and the cap n(A − 1)/2.
+    The loss is the self-distillation loss of `devrl.measures.policy_llc` at the stored (float16)
+    weights, which are exactly its minimum. `facts` holds n, the entropy L_n(w*) and the cap
+    n(A − 1)/2.
     """
-    from devrl.config import config_from_dict
-    from devrl.envs import ACTION_NAMES, CONTEXTS
-    from devrl.llc import estimate_llc, full_loss, restrict_data
-    from devrl.policy_llc import distillation_data, loss_for
-    from devrl.runs import load_params
-
     manifest = json.loads((Path(folder) / "manifest.json").read_text())
     runs = {r["seed"]: r for r in manifest["runs"]}
     if seed not in runs:
@@ -471,9 +470,6 @@ def study_tables(scale: str, craftax: Path, cache: Path | None = None,
     through `run_study`; for each DLN also λ̂ at the rule's chosen cell with two more keys, and
     for each policy checkpoint the estimate on each plant context's probe states alone at the
     base cell's nβ (kind "context", column `target`: a common nβ for contexts and whole)."""
-    from devrl.envs import CONTEXTS
-    from devrl.policy_llc import log_spaced
-
     if scale not in POLICY_GRIDS:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of "
                           f"{', '.join(POLICY_GRIDS)}")
@@ -546,8 +542,6 @@ def _in_context(estimate: Callable[..., LLCResult], context: str, cell: dict[str
 
 
 def _sha(path: Path) -> str:
-    from devrl.runs import sha256_file
-
     return sha256_file(path)
 
 
@@ -571,8 +565,8 @@ def quadratic_sensitivity(curvatures: Any, nbeta: float, localization: float) ->
 
 
 def calibration_slopes(calibration: pd.DataFrame, step_size: float) -> pd.Series:
-    """Per checkpoint of a `devrl.policy_llc` calibration sweep, d log λ̂ / d log nβ over its nβ
-    factors at one step size (ε fixed while nβ changes, as that sweep was run)."""
+    """Per checkpoint of a `devrl.measures.policy_llc` calibration sweep, d log λ̂ / d log nβ over
+    its nβ factors at one step size (ε fixed while nβ changes, as that sweep was run)."""
     rows = calibration[np.isclose(calibration["step_size"], step_size)
                        & ~calibration["diverged"].astype(bool)]
     return rows.groupby("update")[["nbeta", "llc"]].apply(
@@ -664,8 +658,9 @@ def _step_numbers(steps: pd.DataFrame, base: pd.DataFrame, step: float) -> dict[
 
 
 def context_ratios(llc: pd.DataFrame) -> pd.Series:
-    """Per (seed, checkpoint) of a `devrl.policy_llc` table, the whole probe set's λ̂ over the
-    mean of the plant contexts' (each context at the nβ of its own n, as that table has them)."""
+    """Per (seed, checkpoint) of a `devrl.measures.policy_llc` table, the whole probe set's λ̂ over
+    the mean of the plant contexts' (each context at the nβ of its own n, as that table has
+    them)."""
     detail = llc[llc["kind"].isin(["all", "context"]) & llc["detail"]]
     whole = detail[detail["kind"] == "all"].set_index(["seed", "update"])["llc"]
     parts = detail[detail["kind"] == "context"].groupby(["seed", "update"])["llc"].mean()

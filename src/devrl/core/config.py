@@ -9,19 +9,17 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from devrl.core.base import ConfigError
+
 CRAFTAX_ENV = "Craftax-Classic-Symbolic-v1"
-CUE_ENV = "Cue-Memory-v0"  # the known-answer memory task of devrl.memory_task
+CUE_ENV = "Cue-Memory-v0"  # the known-answer memory task of devrl.core.memory_task
 ENV_NAMES = (CRAFTAX_ENV, CUE_ENV)
 ACTIVATIONS = ("tanh", "relu")
-# Reward structures of Craftax-Classic (devrl.envs.REWARD_SPECS says what each pays): the game's
-# own, the plant's first placement unrewarded, every successful placement rewarded, and the first
-# placement worth 4 achievements.
+# Reward structures of Craftax-Classic (devrl.core.envs.REWARD_SPECS says what each pays): the
+# game's own, the plant's first placement unrewarded, every successful placement rewarded, and the
+# first placement worth 4 achievements.
 REWARDS = ("default", "no_plant", "every_plant", "plant_x4")
 SCALES = ("smoke", "cpu", "paper")
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message names the parameter and what is allowed."""
 
 
 def loads_strict(text: str, what: str) -> Any:

@@ -14,8 +14,9 @@ than DELAY steps back erases the cue, resetting it DELAY or more steps back does
 information absent from the current observation after t = 0 and present earlier, so it is the
 known answer for the hidden-state probes as well.
 
-`CueMemoryVecEnv` has the vectorised interface PPO trains on (see `devrl.envs.PoolResetVecEnv`);
-it is selected with `env_name = "Cue-Memory-v0"` and trains through the same code as Craftax.
+`CueMemoryVecEnv` has the vectorised interface PPO trains on (see
+`devrl.core.envs.PoolResetVecEnv`); it is selected with `env_name = "Cue-Memory-v0"` and trains
+through the same code as Craftax.
 """
 
 from __future__ import annotations

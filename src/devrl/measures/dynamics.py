@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 
 KINDS = ("max", "min")
 # Differences smaller than this times a curve's largest |value| are floating-point noise (e.g. of

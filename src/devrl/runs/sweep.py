@@ -7,7 +7,7 @@ Layout of a sweep directory::
     sweep.json                  the sweep manifest: every run ever submitted here (name, config,
                                 grid values, seed) and each submission's grid
     state.json                  the driver's view: pid and host, each run's status and restarts
-    <point hash>/seed_<N>/      one run directory per (config, seed) (see devrl.runs)
+    <point hash>/seed_<N>/      one run directory per (config, seed) (see devrl.runs.rundir)
 
 Ray and JAX. The driver never imports JAX, and each Ray task runs its training as a child process
 (`devrl train-one`), not inside the Ray worker. Reasons: XLA fixes its thread pool and flags when
@@ -56,17 +56,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devrl.config import (
-    SCALE_COST,
-    SCALE_SEEDS,
-    SCALES,
-    ConfigError,
-    TrainConfig,
-    check_type,
-    make_config,
-)
-from devrl.runs import (
-    atomic_write_json,
+from devrl.core.base import ConfigError, atomic_write_json
+from devrl.core.config import SCALE_COST, SCALE_SEEDS, SCALES, TrainConfig, check_type, make_config
+from devrl.runs.rundir import (
     check_verified,
     now,
     package_versions,
@@ -77,6 +69,8 @@ from devrl.runs import (
 
 SPEC_KEYS = ("scale", "seeds", "grid")
 EXIT_PERMANENT = 2  # the trainer's status for a ConfigError: retrying cannot help
+# The sweep files shipped with the package (src/devrl/sweeps/): each study's, per scale.
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
 
 # ---------------------------------------------------------------- the grid

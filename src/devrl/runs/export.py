@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from devrl.behaviour import check_evaluated, load_config, run_dirs_under
-from devrl.config import ConfigError
-from devrl.runs import (
-    atomic_write_npz,
-    atomic_write_parquet,
+from devrl.core.base import ConfigError, atomic_write_npz, atomic_write_parquet, replace_dir
+from devrl.runs.rundir import (
+    check_evaluated,
     check_verified,
     list_checkpoints,
+    load_config,
     load_params,
     params_to_flat,
-    replace_dir,
+    run_dirs_under,
     write_manifest,
 )
 

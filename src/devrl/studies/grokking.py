@@ -23,6 +23,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,7 +32,13 @@ import numpy as np
 import optax
 import pandas as pd
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
+from devrl.datasets import check_seeds, seeded_table_set
+from devrl.measures import dynamics
+from devrl.measures import regime as rg
+from devrl.measures.llc import LLCDivergenceError, estimate_llc
+from devrl.measures.policy_llc import trace_drift
+from devrl.measures.regime import RegimeGrid
 
 SCHEDULES = {"base": 1.0, "x10": 10.0, "x50": 50.0}  # learning-rate multiplier after the switch
 
@@ -134,7 +141,7 @@ def logits(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
 
 
 def loss_fn(params: dict[str, jax.Array], batch: dict[str, jax.Array]) -> jax.Array:
-    """Mean cross-entropy (the average negative log-likelihood, as devrl.llc expects)."""
+    """Mean cross-entropy (the average negative log-likelihood, as devrl.measures.llc expects)."""
     out = jax.nn.log_softmax(logits(params, batch["x"]))
     return -jnp.take_along_axis(out, batch["y"][:, None], 1).mean()
 
@@ -249,9 +256,7 @@ ED_PROBE = {"smoke": 64, "cpu": 512, "paper": 1024}
 
 
 def regime_grid(scale: str):
-    """The regime study's grid for the grokking model at `scale` (see devrl.regime)."""
-    from devrl.regime import RegimeGrid
-
+    """The regime study's grid for the grokking model at `scale` (see devrl.measures.regime)."""
     grids = {
         "smoke": RegimeGrid(nbeta_factors=(1.0, 4.0), localizations=(1.0, 100.0),
                             base_factor=1.0, base_localization=100.0, step_nbeta=0.02,
@@ -269,8 +274,6 @@ def regime_grid(scale: str):
 
 def llc_estimator(config: GrokConfig, params: dict[str, np.ndarray]):
     """estimate(cell, key) -> LLCResult at `params` on the run's training set (paired draws)."""
-    from devrl.llc import estimate_llc
-
     data = dataset(config)
     train_b = {"x": jnp.asarray(data["train_x"]), "y": jnp.asarray(data["train_y"])}
 
@@ -289,10 +292,6 @@ def study_tables(scale: str, seeds: list[int] | None = None, progress=print
     """Every schedule × seed trained; the LLC at every kept checkpoint with the settings the
     regime rule picks on the base schedule's last checkpoint (seed = the first); essential
     dynamics of each run's outputs on a fixed probe of pairs, with the random-walk null."""
-    from devrl import dynamics
-    from devrl import regime as rg
-    from devrl.policy_llc import trace_drift
-
     seeds = list(GROK_SEEDS[scale]) if not seeds else list(seeds)
     runs, metrics, kept = [], [], {}
     for schedule in SCHEDULES:
@@ -330,11 +329,7 @@ def study_tables(scale: str, seeds: list[int] | None = None, progress=print
                 row = {"llc": result.mean, "llc_std": result.std, "init_loss": result.init_loss,
                        "mala_acceptance": result.mala_acceptance, "drift": trace_drift(result),
                        "diverged": False}
-            except Exception as error:  # noqa: BLE001 - only divergence is expected here
-                from devrl.llc import LLCDivergenceError
-
-                if not isinstance(error, LLCDivergenceError):
-                    raise
+            except LLCDivergenceError:  # the only failure expected here
                 row = {"llc": math.nan, "llc_std": math.nan, "init_loss": math.nan,
                        "mala_acceptance": math.nan, "drift": math.nan, "diverged": True}
             llc_rows.append({"schedule": schedule, "seed": seed, "step": step, **row})
@@ -361,7 +356,7 @@ def study_tables(scale: str, seeds: list[int] | None = None, progress=print
               "ed_explained": pd.concat(ed_null, ignore_index=True)}
     return tables, {
         "what": "grokking modular addition under three learning-rate schedules "
-                "(devrl.grokking): accuracies, the LLC along training, essential dynamics",
+                "(devrl.studies.grokking): accuracies, the LLC along training, essential dynamics",
         "made_by": f"devrl figure grokking-lr-switch -p scale {scale} -p recompute True",
         "settings": {**{k: v for k, v in dataclasses.asdict(make_grok_config(scale)).items()
                         if k not in ("schedule", "seed")},
@@ -515,3 +510,35 @@ def verdicts(metrics: pd.DataFrame, llc: pd.DataFrame, turns: pd.DataFrame,
     else:
         out["p6"] = word(None)
     return out
+
+
+# ------------------------------------------------------------------ the data set, for the notebooks
+@dataclass(frozen=True)
+class GrokkingData:
+    """The grokking study's tables (`data/grokking-<scale>/`, `devrl.studies.grokking`)."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    metrics: pd.DataFrame  # per schedule, seed, logged step: losses and accuracies
+    llc: pd.DataFrame  # per schedule, seed, kept step: λ̂ and its diagnostics
+    regime_estimates: pd.DataFrame  # the regime study that chose the sampler's settings
+    regime_verdicts: pd.DataFrame
+    ed_scores: pd.DataFrame  # per schedule, seed, kept step, component: PC scores
+    ed_turns: pd.DataFrame  # per schedule, seed: turns against the random-walk null
+    ed_explained: pd.DataFrame  # per schedule, seed, component: variance share
+
+
+def grokking_data(scale: str = "cpu", seeds: list[int] | None = None,
+                  recompute: bool = False) -> GrokkingData:
+    """The grokking data set (`seeds`, or every seed it holds); with `recompute`, train every
+    schedule × seed and measure it first (`devrl.studies.grokking.study_tables`)."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        return study_tables(scale, seeds, progress=lambda m: print(m, flush=True))
+
+    picked, manifest, folder, chosen = seeded_table_set(
+        "grokking", scale, seeds, recompute, build)
+    return GrokkingData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)

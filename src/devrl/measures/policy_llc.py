@@ -18,7 +18,7 @@ For a set of runs, `devrl llc` does four things, each resumable (finished parts 
    and each plant context alone (data-restricted). Parts go to RUN/llc/<settings hash>/, so
    estimates made with other settings are never mixed in.
 4. The **probe outputs** of every checkpoint (action log-probabilities on the probe set; all
-   checkpoints, as they are cheap), the input of essential dynamics (`devrl.dynamics`).
+   checkpoints, as they are cheap), the input of essential dynamics (`devrl.measures.dynamics`).
 
 `export_llc` gathers them into `data/llc-<scale>/`: calibration.parquet, check.parquet,
 llc.parquet, logprobs/seed_N.npz and a manifest that records the sampler settings, the
@@ -43,19 +43,30 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from devrl.behaviour import check_evaluated, load_config, run_dirs_under
-from devrl.config import SCALES, ConfigError, TrainConfig
-from devrl.envs import ACTION_NAMES, CONTEXTS
-from devrl.llc import LLCDivergenceError, LLCResult, estimate_llc, restrict_data
-from devrl.networks import initial_hidden, with_zeros_for_missing
-from devrl.ppo import make_network
-from devrl.runs import (
+from devrl.core.base import (
+    ConfigError,
     atomic_write_json,
     atomic_write_npz,
     atomic_write_parquet,
-    list_checkpoints,
-    load_params,
     replace_dir,
+)
+from devrl.core.config import SCALES, TrainConfig
+from devrl.core.envs import ACTION_NAMES, CONTEXTS
+from devrl.core.networks import initial_hidden, with_zeros_for_missing
+from devrl.core.ppo import make_network
+from devrl.measures.llc import (
+    LLCDivergenceError,
+    LLCResult,
+    estimate_llc,
+    loss_free_distance,
+    restrict_data,
+)
+from devrl.runs.rundir import (
+    check_evaluated,
+    list_checkpoints,
+    load_config,
+    load_params,
+    run_dirs_under,
     write_manifest,
 )
 
@@ -148,8 +159,9 @@ def policy_loss(width: int, depth: int, activation: str, memory: int, num_action
     `batch` holds "obs" [B, W, D] and "first" [B, W] (observation windows ending at the probe
     state: W = 1 for a feedforward policy; for a recurrent one each state's history from the
     start of its episode, left-padded, so that π_w conditions on the stored history through its
-    own memory: `devrl.behaviour.collect_probe`) and "target" [B, A] (π_w*'s probabilities).
-    Cached per architecture, so every checkpoint of a run reuses one compiled sampler.
+    own memory: `devrl.measures.behaviour.collect_probe`) and "target" [B, A] (π_w*'s
+    probabilities). Cached per architecture, so every checkpoint of a run reuses one compiled
+    sampler.
     """
     config = TrainConfig(width=width, depth=depth, activation=activation, memory=memory)
     network = make_network(config, num_actions)
@@ -547,12 +559,10 @@ def export_llc(sources: list[Path], out: Path, scale: str,
 def confinement(llc: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
     """Per estimate (rows of an llc table; `settings` the data set's sampler settings): the
     chains' observed mean distance from w*, the distance the same sampler reaches with no loss
-    term (`devrl.llc.loss_free_distance`, same d, ε, γ and steps), and their ratio, the
+    term (`devrl.measures.llc.loss_free_distance`, same d, ε, γ and steps), and their ratio, the
     confinement ratio: near 1 where the loss does not hold the chains at all, so that λ̂ is
     nβ times the mean KL of the policy under weight noise of that size (a perturbation
     sensitivity), small where the loss confines them."""
-    from devrl.llc import loss_free_distance
-
     free = [loss_free_distance(int(row.num_sampled), float(row.step_size),
                                float(settings["localization"]), int(settings["num_burnin"]),
                                int(settings["num_steps"])) for row in llc.itertuples()]

@@ -1,373 +1,78 @@
-"""Behavioural diversity of Craftax agents over training, and around the discovery of achievements.
+"""Reward structure and behavioural diversity (book/diversity.md): the study that trains the reward
+sweep, digests each finished run once, measures the control, and judges the stated predictions.
 
-Three measures, each per checkpoint, each checked on constructed cases in `tests/test_diversity.py`:
-
-* **within one agent** (`hill_numbers`, `strategy_diversity`): Hill numbers D0 (richness), D1 (the
-  exponential of the Shannon entropy) and D2 (inverse Simpson) of the distribution of *episode
-  strategies* over the agent's fixed-seed evaluation episodes at the checkpoint. A strategy is the
-  set of achievements the episode unlocked (a 22-bit pattern; `strategy_labels`). The set, not the
-  order of unlocking, because the evaluation tables of every run hold it at every checkpoint,
-  including the committed default-reward runs whose intermediate parameters were not kept.
-  Plug-in Hill numbers are biased low when many strategies are seen once, and a percentile
-  bootstrap over the episodes cannot see what the sample missed (its intervals excluded their
-  own estimates at most checkpoints); so each number comes with an interval from the estimated
-  assemblage (`devrl.chao`), and checkpoints are compared at equal sample coverage
-  (`d{q}_cov`, rarefied or extrapolated to the coverage C* of the least complete sample at
-  twice its size) besides the sample's own numbers and the asymptotic estimates.
-* **across agents** (`mean_pairwise_jsd`): the mean over pairs of agents (seeds, or reward
-  variants) at the same training step of the Jensen-Shannon divergence, in bits (0 = the same
-  policy, 1 = disjoint actions), between their action distributions, averaged over one common set
-  of probe states.
-* **inside the network** (`participation_ratio`): the effective number of directions the actor's
-  hidden activations use across the probe states, (tr C)^2 / tr(C^2) for their covariance C. It is
-  the inverse Simpson index (the Hill number D2) of the covariance's eigenvalue spectrum. A
-  network whose states are served by K disjoint circuits, each varying along one direction and
-  used equally, has a participation ratio of K; used with frequencies p_k, 1 / sum p_k^2
-  (`circuit_network` builds such a network from ActorCritic parameters). We chose it over
-  counting clusters of activation patterns because it needs no number of clusters, no distance
-  and no threshold, and it reads the same on tanh and relu networks. Its limit: a single circuit
-  that varies along d directions counts as d.
-
-**Events** (`discoveries`, `event_triggered`): an achievement is *discovered* at the first
-checkpoint after the first where its success count over the evaluation episodes exceeds the
-untrained policy's (the first checkpoint's) by a margin that a one-sided Fisher exact test (the
-binomial comparison of two success counts) calls significant at level `DISCOVERY_ALPHA`, and
-again at the next checkpoint. So an achievement the untrained policy already earns (the plant,
-in about a quarter of its episodes) is discovered when the trained policy earns it
-significantly more often, and one that starts high and never rises is never discovered. This
-rule replaced on 2026-12-06, before any diversity data set was built with it, a fixed success
-rate of 0.2, which the untrained policy already met for the plant, wood, sapling and wake-up.
-`DISCOVERY_ALPHAS` are the levels of the sensitivity check. The
-event-triggered average of a measure is its mean change from the checkpoint before the discovery to
-each checkpoint after, over (run, achievement) events; the null draws the same number of events
-at random checkpoints of the same runs (anywhere after the first checkpoint, and, against slow
-trends, within `LOCAL_NULL` checkpoints of each event).
+The measures (Hill numbers with their intervals, JSD, participation ratio, discoveries and
+event-triggered averages) are `devrl.measures.diversity`'s; the replicator-mutator model is
+`devrl.toys.evolution`. This module holds the study: each run's digest (`make_digest`, committed
+under `data/reward-runs-<scale>/`), the study's tables (`study_tables`), the loader for the
+notebooks (`diversity_data`), and the summaries and verdicts the chapter's prose uses.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from devrl import chao
-from devrl.config import ConfigError, TrainConfig
+from devrl.core.base import ConfigError, atomic_write_npz, atomic_write_parquet, replace_dir
+from devrl.core.config import SCALES, TrainConfig, config_from_dict
+from devrl.core.envs import ACTION_NAMES
+from devrl.datasets import (
+    EVAL_SETTINGS,
+    bin_updates,
+    check_seeds,
+    common_probe,
+    control_checkpoints,
+    craftax_data,
+    data_root,
+    runs_root,
+    seeded_table_set,
+    with_rates,
+)
+from devrl.measures.behaviour import evaluate_run, probe_table
+from devrl.measures.diversity import (
+    BOOTSTRAP,
+    DISCOVERY_ALPHA,
+    EVENT_WINDOW,
+    NULL_DRAWS,
+    actor_activations,
+    discoveries,
+    event_triggered,
+    hill_numbers,
+    jensen_shannon,
+    mean_pairwise_jsd,
+    participation_ratio,
+    strategy_labels,
+    strategy_table,
+)
+from devrl.runs.rundir import (
+    check_verified,
+    list_checkpoints,
+    load_config,
+    load_params,
+    sha256_file,
+    write_manifest,
+)
+from devrl.runs.sweep import (
+    SWEEPS,
+    SweepSpec,
+    load_spec,
+    run_dir_for,
+    run_finished,
+    run_name,
+    run_sweep,
+)
+from devrl.toys import evolution as ev
+from devrl.toys.evolution import Curve, fit_curves, jump_sweep
 
-DISCOVERY_ALPHA = 0.01  # level of the one-sided test against the untrained policy's count
 DISCOVERY_ALPHAS = (0.05, 0.01, 0.001)  # the rule's level and two others, side by side
-BOOTSTRAP = 200  # bootstrap samples from the estimated assemblage for the Hill numbers' intervals
-BOOTSTRAP_SEED = 2024
-HILL_ORDERS = (0, 1, 2)
-EVENT_WINDOW = 4  # checkpoints after (and one before) a discovery in the event-triggered average
-NULL_DRAWS = 2000  # random-time replicates of the whole set of events
-LOCAL_NULL = 8  # the local null draws within this many checkpoints of each event
-
-
-# ------------------------------------------------------------------ within one agent
-def hill_numbers(counts: Sequence[float] | np.ndarray, orders: Sequence[float] = HILL_ORDERS
-                 ) -> dict[float, float]:
-    """Hill numbers D_q = (sum p_i^q)^(1/(1-q)) of the abundances `counts` (D1 = exp(entropy))."""
-    counts = np.asarray(counts, float)
-    if counts.ndim != 1 or (counts < 0).any() or counts.sum() <= 0:
-        raise ConfigError(f"counts={counts!r} is not allowed: must be a 1-d array of "
-                          "non-negative abundances with a positive sum")
-    p = counts[counts > 0] / counts.sum()
-    out = {}
-    for q in orders:
-        if q == 1:
-            out[q] = float(np.exp(-(p * np.log(p)).sum()))
-        else:
-            out[q] = float((p ** q).sum() ** (1.0 / (1.0 - q)))
-    return out
-
-
-def strategy_labels(unlocked: np.ndarray) -> np.ndarray:
-    """Each episode's strategy (its row of unlocked achievements, 0/1) as a 0/1 string."""
-    bits = np.asarray(unlocked) > 0.5
-    return np.array(["".join("1" if b else "0" for b in row) for row in bits])
-
-
-def strategy_diversity(strategies: np.ndarray, base: float | None = None,
-                       bootstrap: int = BOOTSTRAP, seed: int = BOOTSTRAP_SEED,
-                       level: float = 0.9) -> dict[str, float]:
-    """D0, D1, D2 of the strategies' distribution, three ways, each with its `level` interval
-    from the bootstrap of `devrl.chao` (samples drawn from the estimated assemblage, the
-    interval estimate ± z·se, which contains its estimate):
-
-    * `d{q}`: the sample's own (plug-in) numbers, those of `episodes` individuals;
-    * `d{q}_asy`: the asymptotic estimates (Chao1, Chao-Wang-Jost, unbiased inverse Simpson);
-    * `d{q}_cov` (with `base`, a sample coverage C*): the numbers at the sample size `m_cov`
-      whose expected coverage is C*, rarefied or extrapolated (Chao & Jost 2012).
-
-    `coverage` is the sample's own estimated coverage (Chao & Jost's Good-Turing)."""
-    strategies = np.asarray(strategies)
-    if strategies.size < 2:
-        raise ConfigError(f"strategies of {strategies.size} episodes is not allowed: need at "
-                          "least two")
-    counts = np.unique(strategies, return_counts=True)[1]
-    n = int(strategies.size)
-    out: dict[str, float] = {"episodes": n, "coverage": chao.coverage(counts)}
-    kinds = {"": chao.standardised(counts, n, level, bootstrap, seed),
-             "_asy": chao.intervals(counts, level, bootstrap, seed)}
-    if base is not None:
-        out["m_cov"] = chao.size_for_coverage(counts, base)
-        kinds["_cov"] = chao.standardised(counts, out["m_cov"], level, bootstrap, seed)
-    for kind, found in kinds.items():
-        for q, (value, low, high) in found.items():
-            out[f"d{q}{kind}"], out[f"d{q}{kind}_low"], out[f"d{q}{kind}_high"] = value, low, high
-    return out
-
-
-def strategy_table(episodes: pd.DataFrame, by: Sequence[str] = ("seed", "update")
-                   ) -> pd.DataFrame:
-    """Per group of evaluation episodes (default: per seed and checkpoint), strategy diversity,
-    with the numbers at equal coverage taken at the base coverage C* of all the groups
-    (`chao.base_coverage`, column `base_coverage`)."""
-    columns = [c for c in episodes.columns if c.startswith("achievement_")]
-    if not columns:
-        raise ConfigError("episodes has no achievement_* columns: not an evaluation table")
-    groups = []
-    for key, group in episodes.groupby(list(by), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        groups.append((key, group, strategy_labels(group[columns].to_numpy())))
-    base = chao.base_coverage([np.unique(labels, return_counts=True)[1]
-                               for _, _, labels in groups])
-    rows = []
-    for key, group, labels in groups:
-        row = dict(zip(by, key))
-        if "env_steps" in group:
-            row["env_steps"] = int(group["env_steps"].iloc[0])
-        row.update(strategy_diversity(labels, base=base))
-        row["base_coverage"] = base
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# ------------------------------------------------------------------ across agents
-def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """JSD in bits between the distributions in the last axis of `p` and `q` (0 <= JSD <= 1)."""
-    p = np.asarray(p, float)
-    q = np.asarray(q, float)
-    m = (p + q) / 2
-
-    def kl(a, b):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            terms = np.where(a > 0, a * (np.log2(a) - np.log2(np.where(b > 0, b, 1.0))), 0.0)
-        return terms.sum(-1)
-
-    return np.clip((kl(p, m) + kl(q, m)) / 2, 0.0, 1.0)
-
-
-def mean_pairwise_jsd(policies: Sequence[np.ndarray]) -> float:
-    """Mean over pairs of policies (each [states, actions] on the same states) of their JSD
-    averaged over the states."""
-    if len(policies) < 2:
-        raise ConfigError(f"policies has {len(policies)} entries: need at least 2 agents")
-    values = [jensen_shannon(policies[i], policies[j]).mean()
-              for i in range(len(policies)) for j in range(i + 1, len(policies))]
-    return float(np.mean(values))
-
-
-# ------------------------------------------------------------------ inside the network
-def participation_ratio(activations: np.ndarray) -> float:
-    """(tr C)^2 / tr(C^2) of the covariance C of `activations` [states, units] (0 if constant)."""
-    x = np.asarray(activations, np.float64)
-    x = x - x.mean(0)
-    # The non-zero eigenvalues of C are those of the smaller Gram matrix.
-    gram = x @ x.T if x.shape[0] < x.shape[1] else x.T @ x
-    total = np.trace(gram)
-    if total <= 1e-300:
-        return 0.0
-    return float(total ** 2 / (gram * gram).sum())
-
-
-def actor_activations(config: TrainConfig, num_actions: int):
-    """jit(params, obs [N, D]) -> (per hidden layer of the actor, its activations [N, width],
-    action probabilities [N, A]). Feedforward networks only (the diversity study's)."""
-    from devrl.networks import ACTIVATIONS, initial_hidden, with_zeros_for_missing
-    from devrl.ppo import make_network
-
-    if config.memory:
-        raise ConfigError(f"memory={config.memory} is not allowed here: the network measure "
-                          "reads a feedforward actor (memory 0)")
-    network = make_network(config, num_actions)
-    act = ACTIVATIONS[config.activation]
-    names = [f"actor_{i}" for i in range(config.depth)]
-
-    @jax.jit
-    def run(params, obs):
-        hidden = initial_hidden(obs.shape[0], 0)
-        first = jnp.ones((1, obs.shape[0]), bool)
-        # Exported checkpoints hold the actor only: the critic's branch gets zeros (unused).
-        full = with_zeros_for_missing(network, params, hidden, obs[None], first)
-        (_, logits, _), state = network.apply(
-            full, hidden, obs[None], first,
-            capture_intermediates=lambda m, _: m.name in names)
-        inter = state["intermediates"]
-        layers = [act(inter[name]["__call__"][0][0]) for name in names]
-        return layers, jax.nn.softmax(logits[0])
-
-    return run
-
-
-def circuit_network(usage: Sequence[float], width: int = 32, depth: int = 2,
-                    num_actions: int = 4, gain: float = 0.05, states: int = 4000,
-                    seed: int = 0) -> tuple[TrainConfig, Any, np.ndarray]:
-    """A constructed ActorCritic with K = len(usage) disjoint circuits, and probe states using
-    circuit k with frequency usage[k].
-
-    A state of type k carries a standard-normal feature z in input channel k (the other channels
-    are 0). The first hidden layer gives circuit k its own unit (unit k) reading channel k with
-    weight `gain`; each deeper layer applies a random rotation (the activations stay small, so the
-    tanh is near linear), so there a circuit is a direction spread over every unit. On type-k
-    states only circuit k's direction varies, along z, so the activation covariance is
-    sum_k usage_k var_k u_k u_k^T with orthonormal u_k: K equal directions for equal usage.
-    Returns (config, params, obs [states, K])."""
-    from devrl.config import make_config
-    from devrl.ppo import make_network
-
-    usage = np.asarray(usage, float)
-    k = len(usage)
-    if k < 1 or k > width or (usage <= 0).any():
-        raise ConfigError(f"usage={usage.tolist()!r} is not allowed: need 1..width positive "
-                          "frequencies (one per circuit)")
-    config = make_config("smoke", width=width, depth=depth, activation="tanh")
-    network = make_network(config, num_actions)
-    params = network.init(jax.random.PRNGKey(seed), jnp.zeros((1, 0)), jnp.zeros((1, 1, k)),
-                          jnp.ones((1, 1), bool))
-    params = jax.tree.map(np.asarray, params)
-    inner = params["params"]
-    rng = np.random.default_rng(seed)
-    for i in range(depth):
-        kernel = np.zeros_like(inner[f"actor_{i}"]["kernel"])
-        if i == 0:
-            kernel[np.arange(k), np.arange(k)] = gain
-        else:  # a random rotation: circuits are directions, not single units
-            kernel[:] = np.linalg.qr(rng.standard_normal((width, width)))[0]
-        inner[f"actor_{i}"]["kernel"] = kernel
-        inner[f"actor_{i}"]["bias"] = np.zeros_like(inner[f"actor_{i}"]["bias"])
-    kinds = rng.choice(k, size=states, p=usage / usage.sum())
-    obs = np.zeros((states, k), np.float32)
-    obs[np.arange(states), kinds] = rng.standard_normal(states)
-    return config, params, obs
-
-
-# ------------------------------------------------------------------ events
-def discoveries(episodes: pd.DataFrame, alpha: float = DISCOVERY_ALPHA,
-                by: Sequence[str] = ("seed",)) -> pd.DataFrame:
-    """Per run (`by`) and achievement, from per-episode 0/1 `achievement_*` columns: the first
-    checkpoint after the first at which, and at the next, the success count is larger than the
-    first checkpoint's by a one-sided Fisher exact test at level `alpha`. Rows: *by,
-    achievement, `update` (NaN if never), `baseline_rate` (the first checkpoint's rate),
-    `rate` (at the discovery), `p` (the test's p-value there)."""
-    from scipy.stats import fisher_exact
-
-    if not 0 < alpha < 1:
-        raise ConfigError(f"alpha={alpha!r} is not allowed: must be in (0, 1)")
-    columns = [c for c in episodes.columns if c.startswith("achievement_")]
-    counts = episodes.groupby([*by, "update"])[columns].agg(["sum", "count"])
-    rows = []
-    for key, group in counts.groupby(level=list(range(len(by))), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        group = group.droplevel(list(range(len(by)))).sort_index()
-        updates = group.index.to_numpy()
-        for column in columns:
-            wins = group[(column, "sum")].to_numpy(dtype=int)
-            total = group[(column, "count")].to_numpy(dtype=int)
-            p = np.ones(len(updates))
-            for i in range(1, len(updates)):
-                table = [[wins[i], total[i] - wins[i]], [wins[0], total[0] - wins[0]]]
-                p[i] = fisher_exact(table, alternative="greater").pvalue
-            hits = [i for i in range(1, len(updates) - 1) if p[i] < alpha and p[i + 1] < alpha]
-            first = hits[0] if hits else None
-            rows.append({**dict(zip(by, key)), "achievement": column[len("achievement_"):],
-                         "update": float(updates[first]) if first is not None else np.nan,
-                         "baseline_rate": wins[0] / total[0] if total[0] else np.nan,
-                         "rate": wins[first] / total[first] if first is not None else np.nan,
-                         "p": p[first] if first is not None else np.nan})
-    return pd.DataFrame(rows)
-
-
-def _event_deltas(values: np.ndarray, index: int, window: int) -> np.ndarray:
-    """values[index + j] - values[index - 1] for j = 0 .. window-1 (NaN past the end)."""
-    out = np.full(window, np.nan)
-    base = values[index - 1]
-    for j in range(window):
-        if index + j < len(values):
-            out[j] = values[index + j] - base
-    return out
-
-
-def event_triggered(measure: pd.DataFrame, column: str, events: pd.DataFrame,
-                    by: Sequence[str] = ("seed",), window: int = EVENT_WINDOW,
-                    draws: int = NULL_DRAWS, seed: int = BOOTSTRAP_SEED,
-                    local: int = LOCAL_NULL) -> pd.DataFrame:
-    """Mean change of `measure[column]` from the checkpoint before each event to the `window`
-    checkpoints from it on, against two nulls of as many events per run at random checkpoints:
-    anywhere in the run after its first checkpoint (`uniform`), and within `local` checkpoints
-    of each event, the event's own excluded (`local`: it controls for slow trends, such as the
-    early rise of everything while discoveries are also early).
-
-    `measure` has one row per (*by, update); `events` rows (*by, update) name the checkpoint of
-    each discovery (not known at start, not NaN). Returns one row per offset: `offset` (0 = the
-    discovery checkpoint), `events`, `mean`, and per null (suffix `_local` for the local one)
-    `null_mean`, `null_sd`, `effect` ((mean - null_mean) / null_sd) and `p` (the null's share at
-    least as large as the mean, one-sided)."""
-    series = {}
-    for key, group in measure.groupby(list(by), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        group = group.sort_values("update")
-        series[key] = (group["update"].to_numpy(), group[column].to_numpy(float))
-    observed, at = [], []
-    for _, event in events.iterrows():
-        key = tuple(event[b] for b in by)
-        if key not in series or not np.isfinite(event["update"]):
-            continue
-        updates, values = series[key]
-        where = np.flatnonzero(updates == event["update"])
-        if not len(where) or where[0] == 0:
-            continue
-        observed.append(_event_deltas(values, int(where[0]), window))
-        at.append((key, int(where[0])))
-    if not observed:
-        raise ConfigError("events has no discovery at a measured checkpoint after the first: "
-                          "nothing to average")
-    observed = np.array(observed)
-    mean = np.nanmean(observed, axis=0)
-    rng = np.random.default_rng(seed)
-
-    def uniform(key, index, n):
-        return rng.integers(1, n)
-
-    def nearby(key, index, n):
-        choices = [i for i in range(max(1, index - local), min(n, index + local + 1))
-                   if i != index]
-        return rng.choice(choices) if choices else index
-
-    out = {"offset": np.arange(window), "events": np.isfinite(observed).sum(0), "mean": mean}
-    for suffix, draw in (("", uniform), ("_local", nearby)):
-        null = np.empty((draws, window))
-        for d in range(draws):
-            sample = []
-            for key, index in at:
-                values = series[key][1]
-                sample.append(_event_deltas(values, int(draw(key, index, len(values))), window))
-            sample = np.array(sample)
-            seen = np.isfinite(sample).sum(0)
-            null[d] = np.where(seen > 0, np.nansum(sample, axis=0) / np.maximum(seen, 1),
-                               np.nan)
-        null_mean, null_sd = np.nanmean(null, axis=0), np.nanstd(null, axis=0)
-        out[f"null_mean{suffix}"] = null_mean
-        out[f"null_sd{suffix}"] = null_sd
-        out[f"effect{suffix}"] = (mean - null_mean) / np.where(null_sd > 0, null_sd, np.nan)
-        out[f"p{suffix}"] = (null >= mean[None]).sum(0) / np.isfinite(null).sum(0)
-    return pd.DataFrame(out)
 
 
 # ------------------------------------------------------------------ the study
@@ -386,31 +91,9 @@ EVENT_MEASURES = ("d1", "d1_others", "d2", "pr_last")
 
 def study_spec(scale: str):
     """The reward sweep at `scale`: `src/devrl/sweeps/reward-<scale>.yaml`."""
-    from pathlib import Path
-
-    from devrl.config import SCALES
-    from devrl.sweep import load_spec
-
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
-    return load_spec(Path(__file__).resolve().parent / "sweeps" / f"reward-{scale}.yaml")
-
-
-def common_probe(control_path) -> dict[str, np.ndarray]:
-    """The probe states of every control seed (data/craftax-<scale>/probes/seed_N.npz), pooled:
-    one set of states on which every agent of the study is compared."""
-    from pathlib import Path
-
-    paths = sorted(Path(control_path, "probes").glob("seed_*.npz"))
-    if not paths:
-        raise ConfigError(f"{control_path} has no probes/seed_N.npz: not a Craftax data set")
-    obs, context = [], []
-    for path in paths:
-        with np.load(path) as data:
-            obs.append(data["obs"][:, -1])  # feedforward: the state itself
-            context.append(data["context"])
-    return {"obs": np.concatenate(obs).astype(np.float32),
-            "context": np.concatenate(context).astype(np.int32)}
+    return load_spec(SWEEPS / f"reward-{scale}.yaml")
 
 
 def network_measures(config: TrainConfig, checkpoints, probe: dict[str, np.ndarray],
@@ -419,11 +102,8 @@ def network_measures(config: TrainConfig, checkpoints, probe: dict[str, np.ndarr
     probe states, and the action probabilities there ([states, actions], float16). With `cache`
     (a folder inside a run directory), each checkpoint's result is kept as `network_UUUUUU.npz`
     and reused; the folder has a manifest of its own, so the run's manifest does not cover it."""
-    from devrl.envs import ACTION_NAMES
-    from devrl.runs import atomic_write_npz, write_manifest
-
     def manifest() -> None:
-        write_manifest(cache, {"what": "devrl.diversity.network_measures per checkpoint",
+        write_manifest(cache, {"what": "devrl.studies.diversity.network_measures per checkpoint",
                                "run_config_hash": config.config_hash(),
                                "probe_states": int(len(probe["obs"]))})
 
@@ -457,8 +137,6 @@ def network_measures(config: TrainConfig, checkpoints, probe: dict[str, np.ndarr
 def checkpoint_table(episodes: pd.DataFrame) -> pd.DataFrame:
     """Per (variant, seed, checkpoint): means of the episode measures and achievement rates over
     the evaluation episodes, with the strategy diversity of those episodes."""
-    from devrl.analysis import with_rates
-
     episodes = with_rates(episodes)
     achievements = [c for c in episodes.columns if c.startswith("achievement_")]
     keys = ["variant", "seed", "update", "env_steps"]
@@ -588,8 +266,6 @@ PREDICTION_STEPS, PREDICTION_DISCOVERY = 600, 100
 
 def prediction_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     """The model's curves and jump summaries for each reward structure (no data involved)."""
-    from devrl.toys import evolution as ev
-
     curves, jumps = [], []
     for variant, reward in PLANT_REWARD.items():
         land = ev.two_source_landscape(new_reward=reward, spread=PREDICTION_SPREAD[variant],
@@ -606,8 +282,6 @@ def fit_inputs(checkpoints: pd.DataFrame, found: pd.DataFrame):
     """Per variant, the model's Curve: the mean D1 over seeds at each checkpoint, source 0 for
     what is known at the start, then every achievement discovered in at least half the variant's
     seeds, found at its median discovery update, paying 1 (place_plant: the variant's reward)."""
-    from devrl.toys.evolution import Curve
-
     curves = {}
     for variant, group in checkpoints.groupby("variant"):
         mean = group.groupby("update")["d1"].mean()
@@ -626,8 +300,6 @@ def fit_inputs(checkpoints: pd.DataFrame, found: pd.DataFrame):
 
 def fit_tables(checkpoints: pd.DataFrame, found: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The model fitted to every variant's mean D1 curve at once, with and without the burst."""
-    from devrl.toys.evolution import fit_curves
-
     curves = fit_inputs(checkpoints, found)
     plain, plain_table = fit_curves(curves, with_burst=False)
     # The burst model contains the plain one (sigma = 0): start it there as well as from the
@@ -641,27 +313,12 @@ def fit_tables(checkpoints: pd.DataFrame, found: pd.DataFrame) -> tuple[pd.DataF
         columns={"curve": "variant"})
 
 
-def control_checkpoints(control) -> dict[int, list[tuple[int, Any]]]:
-    """Per control seed, its exported actor checkpoints as (update, loader)."""
-    from devrl.runs import load_params
-
-    out = {}
-    for seed in control.seeds:
-        paths = sorted((control.path / "checkpoints" / f"seed_{seed}").glob("params_*.npz"))
-        out[seed] = [(int(p.stem.split("_")[1]), lambda p=p: load_params(p)) for p in paths]
-    return out
-
-
 def _eval_settings(scale: str) -> dict[str, int]:
-    from devrl.analysis import EVAL_SETTINGS
-
     return EVAL_SETTINGS[scale]
 
 
 def probe_sha256(probe: dict[str, np.ndarray]) -> str:
     """A checksum of the common probe states: a digest is tied to the states it was measured on."""
-    import hashlib
-
     digest = hashlib.sha256()
     for key in ("obs", "context"):
         digest.update(np.ascontiguousarray(probe[key]).tobytes())
@@ -695,8 +352,6 @@ DIGEST_TABLES = ("episodes", "training", "network", "probe_policy")
 def probe_policy_rows(policies: dict[int, np.ndarray], probe: dict[str, np.ndarray],
                       variant: str, seed: int) -> pd.DataFrame:
     """`behaviour.probe_table` of every checkpoint's policy on the probe states."""
-    from devrl.behaviour import probe_table
-
     rows = []
     for update, p in policies.items():
         table = probe_table(np.asarray(p, np.float32), probe["context"])
@@ -708,8 +363,6 @@ def probe_policy_rows(policies: dict[int, np.ndarray], probe: dict[str, np.ndarr
 
 
 def digest_root(scale: str):
-    from devrl.analysis import data_root
-
     return data_root() / f"reward-runs-{scale}"
 
 
@@ -721,18 +374,6 @@ def make_digest(run_dir, config: TrainConfig, probe: dict[str, np.ndarray], scal
                 out) -> dict[str, Any]:
     """Evaluate and measure the finished run `run_dir` of `config` (cached in the run) and write
     its digest to the folder `out` (staged, then moved in by renames). Returns the digest."""
-    from devrl.analysis import EVAL_SETTINGS, bin_updates
-    from devrl.behaviour import evaluate_run, load_config
-    from devrl.runs import (
-        atomic_write_npz,
-        atomic_write_parquet,
-        check_verified,
-        list_checkpoints,
-        load_params,
-        replace_dir,
-        write_manifest,
-    )
-
     manifest = check_verified(run_dir, "run")
     if not manifest.get("complete"):
         raise ConfigError(f"run={str(run_dir)!r} is not allowed: it has not finished training")
@@ -766,7 +407,7 @@ def make_digest(run_dir, config: TrainConfig, probe: dict[str, np.ndarray], scal
                       for u, p in digest["policies"].items()},
                      compress=True)
     write_manifest(staging, {"what": "one reward-sweep run, evaluated and measured "
-                                     "(devrl.diversity.make_digest)",
+                                     "(devrl.studies.diversity.make_digest)",
                              "scale": scale, "eval": EVAL_SETTINGS[scale],
                              "probe_sha256": probe_sha256(probe),
                              "jsd_states": {"size": JSD_STATES, "seed": JSD_SEED},
@@ -780,9 +421,6 @@ def read_digest(folder, config: TrainConfig, probe: dict[str, np.ndarray], scale
     """The digest in `folder` if it is one of `config`'s run on these probe states at these
     evaluation settings; None if there is none or it is out of date (config, probe or settings
     changed); a ConfigError if its files do not match its manifest."""
-    from devrl.analysis import EVAL_SETTINGS
-    from devrl.runs import check_verified
-
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
         return None
@@ -802,13 +440,11 @@ def read_digest(folder, config: TrainConfig, probe: dict[str, np.ndarray], scale
 def write_digest_index(root) -> None:
     """The digests folder's own manifest: every digest and its manifest's checksum (each digest
     is checked against its own manifest; the index says which digests the folder holds)."""
-    from devrl.runs import sha256_file, write_manifest
-
     root = Path(root)
     names = sorted(p.name for p in root.iterdir()
                    if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists())
     write_manifest(root, {"what": "digests of finished reward-sweep runs "
-                                  "(devrl.diversity.make_digest), one folder each",
+                                  "(devrl.studies.diversity.make_digest), one folder each",
                           "digests": {n: sha256_file(root / n / "manifest.json") for n in names}},
                    exclude=tuple(f"{n}/" for n in names))
 
@@ -817,8 +453,6 @@ def digest_finished(scale: str, runs_dir, control, progress=print) -> dict[str, 
     """Digest every finished run of the reward sweep in `runs_dir` that has no up-to-date digest
     in `digest_root(scale)`; leave unfinished runs alone. Returns {digest name: status}, status
     one of digested, up to date, not finished."""
-    from devrl.sweep import run_dir_for, run_finished
-
     probe = common_probe(control.path)
     root = digest_root(scale)
     status = {}
@@ -844,13 +478,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     without an up-to-date digest are trained into `runs_dir` first (finished runs skipped,
     interrupted ones resumed; runs that have a digest are not retrained) and digested; without
     it, the study holds the runs that have a digest (the manifest's `held` of `planned`). The
-    control is the data set `control` (analysis.CraftaxData of the same scale), measured here."""
-    from devrl.analysis import bin_updates
-    from devrl.config import config_from_dict
-    from devrl.runs import sha256_file
-    from devrl.sweep import SweepSpec, run_dir_for, run_name, run_sweep
-    from devrl.toys.evolution import jump_sweep
-
+    control is the data set `control` (datasets.CraftaxData of the same scale), measured here."""
     settings = STUDY_SETTINGS[scale]
     spec = study_spec(scale)
     if seeds is not None:
@@ -921,9 +549,9 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
     control_runs = [{**r, "variant": CONTROL} for r in control.manifest["runs"]
                     if r["seed"] in control.seeds]
     return tables, {
-        "what": "reward structures (devrl.envs.REWARD_SPECS) and behavioural diversity "
-                "(devrl.diversity): strategy Hill numbers, pairwise JSD, participation ratio, "
-                "discoveries and event-triggered averages, and the replicator-mutator model",
+        "what": "reward structures (devrl.core.envs.REWARD_SPECS) and behavioural diversity "
+                "(devrl.measures.diversity): strategy Hill numbers, pairwise JSD, participation "
+                "ratio, discoveries and event-triggered averages, and the replicator-mutator model",
         "made_by": f"devrl figure reward-variants -p scale {scale} -p recompute True",
         "sweep": spec.to_dict(), "planned": planned,
         "held": [digest_name(c) for c in held],
@@ -1099,3 +727,54 @@ def verdicts(checkpoints: pd.DataFrame, jsd: pd.DataFrame, events: pd.DataFrame,
     else:
         out["p7"] = word(None)
     return out
+
+
+# ------------------------------------------------------------------ the data set, for the notebooks
+@dataclass(frozen=True)
+class DiversityData:
+    """The reward-structure and diversity study's tables (`data/diversity-<scale>/`)."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    tables: dict[str, pd.DataFrame]
+
+    def __getattr__(self, name: str) -> pd.DataFrame:
+        tables = object.__getattribute__(self, "tables")
+        if name in tables:
+            return tables[name]
+        raise AttributeError(name)
+
+    def describe(self) -> str:
+        runs = [r for r in self.manifest["runs"] if r["seed"] in self.seeds]
+        variants = sorted({r["variant"] for r in runs})
+        seeds = sorted({r["seed"] for r in runs})
+        steps = sorted({r["env_steps_done"] for r in runs})
+        return (f"{len(variants)} reward structures ({', '.join(variants)}) × {len(seeds)} seeds "
+                f"at the {self.scale} scale, {'/'.join(f'{s:,}' for s in steps)} env steps each")
+
+
+def diversity_data(scale: str = "cpu", seeds: list[int] | None = None,
+                   recompute: bool = False, train: bool = True) -> DiversityData:
+    """The diversity study's data set (`seeds`, or every seed it holds); with `recompute`, train
+    its sweep (`src/devrl/sweeps/reward-<scale>.yaml`, `seeds` or the sweep's own) into
+    `DEVRL_RUNS/reward-<scale>/` (finished runs are skipped, interrupted ones resume), evaluate
+    and measure every run (cached in the run), measure the control (`data/craftax-<scale>`,
+    recomputed first if absent) and replace the data set. With `recompute` and not `train`,
+    build it from the runs already digested (`data/reward-runs-<scale>`), training nothing."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        craftax = data_root() / f"craftax-{scale}"
+        if recompute and not (craftax / "manifest.json").exists():
+            craftax_data(scale, seeds, recompute=True)
+        control = craftax_data(scale, seeds)
+        return study_tables(scale, runs_root() / f"reward-{scale}", control, seeds,
+                                      progress=lambda message: print(message, flush=True),
+                                      train=train)
+
+    picked, manifest, folder, chosen = seeded_table_set(
+        "diversity", scale, seeds, recompute, build)
+    return DiversityData(scale=scale, seeds=chosen, path=folder, manifest=manifest,
+                         tables=picked)

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from devrl.config import ConfigError, TrainConfig, config_from_dict, loads_strict
-from devrl.envs import (
+from devrl.core.base import ConfigError, atomic_write_npz, atomic_write_parquet
+from devrl.core.config import TrainConfig
+from devrl.core.envs import (
     ACTION_NAMES,
     CONTEXTS,
     EPISODE_FIELDS,
@@ -35,14 +36,14 @@ from devrl.envs import (
     PoolResetVecEnv,
     episode_vector,
 )
-from devrl.networks import initial_hidden
-from devrl.ppo import make_network
-from devrl.runs import (
-    atomic_write_npz,
-    atomic_write_parquet,
+from devrl.core.networks import initial_hidden
+from devrl.core.ppo import make_network
+from devrl.runs.rundir import (
     check_verified,
     list_checkpoints,
+    load_config,
     load_params,
+    run_dirs_under,
     write_manifest,
 )
 
@@ -51,14 +52,6 @@ PROBE_SEED = 7_919
 PROBE_FRACTIONS = (0.02, 0.1, 0.3, 1.0)  # checkpoints (fraction of training) the probe comes from
 PROBE_ENVS = 64
 PROBE_STEPS = 256
-
-
-def load_config(run_dir: Path) -> TrainConfig:
-    path = Path(run_dir) / "config.json"
-    if not path.exists():
-        raise ConfigError(f"run={str(run_dir)!r} is not allowed: not a run directory "
-                          "(no config.json)")
-    return config_from_dict(loads_strict(path.read_text(), f"config {str(path)!r}"))
 
 
 def make_episode_runner(config: TrainConfig, episodes: int, max_steps: int):
@@ -269,31 +262,6 @@ def evaluate_run(run_dir: Path, episodes: int = 64, max_steps: int = 3000,
     write_manifest(out, {"run_config_hash": config.config_hash(), "settings": settings,
                          "checkpoints": done}, exclude=("parts/",))
     return out
-
-
-def run_dirs_under(path: Path) -> list[Path]:
-    """`path` itself if it is a run directory, else the run directories below it (a sweep's
-    `<config hash>/seed_N`, or a folder of seed_N), each checked against its manifest."""
-    path = Path(path)
-    if (path / "config.json").exists():
-        found = [path]
-    else:
-        found = sorted({p.parent for pattern in ("seed_*/config.json", "*/seed_*/config.json")
-                        for p in path.glob(pattern)})
-    if not found:
-        raise ConfigError(f"run={str(path)!r} is not allowed: must be a run directory or a "
-                          "sweep directory holding run directories")
-    for run_dir in found:
-        check_verified(run_dir, "run")
-    return found
-
-
-def check_evaluated(run_dir: Path) -> dict[str, Any]:
-    """The manifest of `run_dir`'s behaviour tables, verified (ConfigError if absent or bad)."""
-    behaviour = Path(run_dir) / "behaviour"
-    if not (behaviour / "manifest.json").exists():
-        raise ConfigError(f"run={str(run_dir)!r} is not allowed: evaluate it first (devrl eval)")
-    return check_verified(behaviour, "run")
 
 
 def evaluate_runs(path: Path, **kwargs: Any) -> list[Path]:

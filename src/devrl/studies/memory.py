@@ -21,13 +21,14 @@ actually acts with (`trajectories`). Four measures, each per checkpoint:
   checkpoint) fed the same observations, and on the current observation alone. Selectivity is the
   probe's R² minus the best control's.
 
-The known-answer task `devrl.memory_task` (env_name "Cue-Memory-v0") has a horizon of exactly its
-delay and a decodable cue for a policy that solved it; the tests check every measure on it.
+The known-answer task `devrl.core.memory_task` (env_name "Cue-Memory-v0") has a horizon of exactly
+its delay and a decodable cue for a policy that solved it; the tests check every measure on it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,7 +37,22 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from devrl.config import CUE_ENV, ConfigError, TrainConfig
+from devrl.core.base import ConfigError, atomic_write_json, atomic_write_parquet
+from devrl.core.config import CUE_ENV, SCALES, TrainConfig
+from devrl.core.envs import BehaviourWrapper, PoolResetVecEnv
+from devrl.core.memory_task import CueMemoryVecEnv
+from devrl.core.networks import initial_hidden
+from devrl.core.ppo import make_network
+from devrl.datasets import bin_updates, check_seeds, plural, runs_root, seeded_table_set
+from devrl.runs.rundir import (
+    check_verified,
+    list_checkpoints,
+    load_config,
+    load_params,
+    read_manifest,
+    write_manifest,
+)
+from devrl.runs.sweep import SWEEPS, SweepSpec, load_spec, run_dir_for, run_sweep
 
 HORIZON_FRACTION = 0.1  # the horizon: KL(k) falls to this fraction of the fully reset KL
 KL_FLOOR = 1e-3  # nats: a fully reset KL below this, the policy does not use its memory
@@ -148,10 +164,7 @@ def cue_variables(state: Any, first: jax.Array, track: None):
 def env_for(config: TrainConfig, episodes: int):
     """A vectorised env of `episodes` envs, and the function giving its probe variables."""
     if config.env_name == CUE_ENV:
-        from devrl.memory_task import CueMemoryVecEnv
-
         return CueMemoryVecEnv(episodes), cue_variables
-    from devrl.envs import BehaviourWrapper, PoolResetVecEnv
 
     env = PoolResetVecEnv(BehaviourWrapper(config.env_name, config.reward), episodes, episodes)
     return env, lambda state, first, track: craftax_variables(
@@ -178,9 +191,6 @@ def make_trajectory_runner(config: TrainConfig, episodes: int, max_steps: int,
                            ablate: bool = False):
     """jit(params, key) -> Trajectories. With `ablate`, the hidden state is zeroed at every step
     (the policy acts from the current observation alone)."""
-    from devrl.networks import initial_hidden
-    from devrl.ppo import make_network
-
     env, variables = env_for(config, episodes)
     network = make_network(config, env.num_actions)
     params_env = env.default_params
@@ -240,8 +250,6 @@ def hidden_states(config: TrainConfig, params: Any, traj: Trajectories) -> np.nd
 
 
 def _network(config: TrainConfig, traj: Trajectories):
-    from devrl.ppo import make_network
-
     return make_network(config, traj.logits.shape[-1])
 
 
@@ -405,16 +413,6 @@ def measure_run(run_dir: Path, settings: dict[str, int], show_progress: bool = F
                 ) -> dict[str, pd.DataFrame]:
     """Every memory measure at the measured checkpoints of one run, cached per checkpoint under
     RUN/memory/ (a rerun with the same settings reuses finished checkpoints)."""
-    from devrl.behaviour import load_config
-    from devrl.runs import (
-        atomic_write_json,
-        atomic_write_parquet,
-        check_verified,
-        list_checkpoints,
-        load_params,
-        write_manifest,
-    )
-
     run_dir = Path(run_dir)
     check_verified(run_dir, "run")
     config = load_config(run_dir)
@@ -487,12 +485,9 @@ def measure_run(run_dir: Path, settings: dict[str, int], show_progress: bool = F
 # ------------------------------------------------------------------ the study's data set
 def study_spec(scale: str):
     """The memory study's sweep at `scale`: `src/devrl/sweeps/memory-<scale>.yaml`."""
-    from devrl.config import SCALES
-    from devrl.sweep import load_spec
-
     if scale not in SCALES:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SCALES)}")
-    return load_spec(Path(__file__).resolve().parent / "sweeps" / f"memory-{scale}.yaml")
+    return load_spec(SWEEPS / f"memory-{scale}.yaml")
 
 
 TRAINING_COLUMNS = ("episode_return", "episode_length", "replay_log_ratio_max")
@@ -500,10 +495,7 @@ UPDATES_PER_BIN = {"smoke": 1, "cpu": 4, "paper": 32}
 
 
 def training_table(run_dir: Path, scale: str) -> pd.DataFrame:
-    """The run's training episodes, binned over PPO updates (analysis.bin_updates)."""
-    from devrl.analysis import bin_updates
-    from devrl.behaviour import load_config
-
+    """The run's training episodes, binned over PPO updates (devrl.datasets.bin_updates)."""
     config = load_config(run_dir)
     metrics = pd.read_parquet(Path(run_dir) / "metrics.parquet")
     metrics["seed"] = config.seed
@@ -519,8 +511,6 @@ def training_table(run_dir: Path, scale: str) -> pd.DataFrame:
 
 def run_seconds(run_dir: Path) -> float:
     """Training time of a run: its updates' env steps over the measured rate of their chunk."""
-    from devrl.behaviour import load_config
-
     config = load_config(run_dir)
     metrics = pd.read_parquet(Path(run_dir) / "metrics.parquet")
     return float((config.steps_per_update / metrics["sps"]).sum())
@@ -531,10 +521,6 @@ def study_tables(scale: str, runs_dir: Path, seeds: list[int] | None = None,
     """Train the study's sweep into `runs_dir` (finished runs are skipped, interrupted ones
     resume), measure every run (cached per checkpoint) and return the tables and the manifest's
     description."""
-    from devrl.behaviour import load_config
-    from devrl.runs import read_manifest
-    from devrl.sweep import SweepSpec, run_dir_for, run_sweep
-
     spec = study_spec(scale)
     if seeds is not None:
         spec = SweepSpec(spec.scale, spec.grid, tuple(seeds))
@@ -565,7 +551,7 @@ def study_tables(scale: str, runs_dir: Path, seeds: list[int] | None = None,
     return out, {
         "what": "environmental memory: training curves, intact and memory-ablated episodes, "
                 "memory horizon and hidden-state probes per memory width, seed and checkpoint "
-                "(devrl.memory)",
+                "(devrl.studies.memory)",
         "made_by": f"devrl figure memory-return -p scale {scale} -p recompute True",
         "sweep": spec.to_dict(), "settings": settings, "runs": runs,
         "horizon_fraction": HORIZON_FRACTION, "kl_floor": KL_FLOOR,
@@ -791,3 +777,45 @@ def ablation_verdict(final: pd.DataFrame) -> dict[str, Any]:
     held = bool((recurrent["drop"] > 0).all())
     return {"word": "held" if held else "did not hold",
             "positive": int((recurrent["drop"] > 0).sum()), "runs": len(recurrent)}
+
+
+# ------------------------------------------------------------------ the data set, for the notebooks
+@dataclass(frozen=True)
+class MemoryData:
+    """The environmental-memory study (`data/memory-<scale>/`, `devrl.studies.memory`), restricted
+    to the chosen seeds."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    training: pd.DataFrame  # per (memory, seed, bin of PPO updates): training episodes
+    episodes: pd.DataFrame  # per (memory, seed, checkpoint, condition, episode)
+    horizon: pd.DataFrame  # per (memory, seed, checkpoint, k): KL from the intact policy
+    horizon_summary: pd.DataFrame  # per (memory, seed, checkpoint): horizon, fully reset KL
+    probes: pd.DataFrame  # per (memory, seed, checkpoint, variable, features): R²
+
+    def describe(self) -> str:
+        runs = [r for r in self.manifest["runs"] if r["seed"] in self.seeds]
+        widths = sorted({r["memory"] for r in runs})
+        steps = sorted({r["env_steps_done"] for r in runs})
+        return (f"memory widths {', '.join(map(str, widths))} × {plural(len(self.seeds), 'seed')} "
+                f"({', '.join(map(str, self.seeds))}) at the {self.scale} scale, "
+                f"{'/'.join(f'{s:,}' for s in steps)} env steps each")
+
+
+def memory_data(scale: str = "cpu", seeds: list[int] | None = None,
+                recompute: bool = False) -> MemoryData:
+    """The memory study's data set; with `recompute`, train its sweep
+    (`src/devrl/sweeps/memory-<scale>.yaml`, `seeds` or the sweep's own) into
+    `DEVRL_RUNS/memory-<scale>/` (finished runs are skipped, interrupted ones resume), measure
+    every run there (cached per checkpoint) and replace the data set."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        return study_tables(scale, runs_root() / f"memory-{scale}", seeds,
+                                   progress=lambda message: print(message, flush=True))
+
+    picked, manifest, folder, chosen = seeded_table_set(
+        "memory", scale, seeds, recompute, build)
+    return MemoryData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)

@@ -1,8 +1,8 @@
 """The policy's learning coefficient in its regime: the output layer, with the features frozen.
 
 With every hidden weight held at its checkpoint value, the self-distillation loss of
-`devrl.policy_llc` depends on the output layer's weights W [(F + 1), A] (kernel rows, then the
-bias as a last row) only through the logits z_s = f̃_sᵀ W, f̃_s being state s's last hidden
+`devrl.measures.policy_llc` depends on the output layer's weights W [(F + 1), A] (kernel rows, then
+the bias as a last row) only through the logits z_s = f̃_sᵀ W, f̃_s being state s's last hidden
 features with a 1 appended for the bias:
 
     L_n(W) = −(1/n) Σ_s Σ_a p_s(a) log softmax(f̃_sᵀ W)_a,   p_s = softmax(f̃_sᵀ W*).
@@ -46,9 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from devrl.config import ConfigError, TrainConfig
-from devrl.envs import ACTION_NAMES
-from devrl.ppo import make_network
+from devrl.core.base import ConfigError
+from devrl.core.config import TrainConfig, config_from_dict
+from devrl.core.envs import ACTION_NAMES
+from devrl.core.ppo import make_network
+from devrl.measures.llc import estimate_llc
+from devrl.measures.policy_llc import log_spaced, policy_logits
+from devrl.measures.regime import quadratic_sensitivity
+from devrl.runs.rundir import load_params, sha256_file
 
 OUTPUT_LAYER = "actor_out"
 
@@ -58,8 +63,6 @@ def output_features(config: TrainConfig, actor: Any, probe: dict[str, np.ndarray
     """(f̃ [n, F + 1] float64: the output layer's input at each probe state with a 1 appended,
     W* [F + 1, A] float64: its kernel with the bias as the last row). Raises RuntimeError if
     f̃ W* does not reproduce the network's logits (a wrong layer or a changed architecture)."""
-    from devrl.policy_llc import policy_logits
-
     network = make_network(config, len(ACTION_NAMES))
 
     def run(actor, obs, first):
@@ -125,8 +128,6 @@ def hessian(features: np.ndarray, probs: np.ndarray) -> np.ndarray:
 def expected_llc(eigenvalues: Any, nbeta: float, localization: float) -> float:
     """½ Σ_i nβh_i / (nβh_i + γ): E[nβ (L − L*)] under exp(−nβ L − γ/2 ‖w − w*‖²) for the
     quadratic L − L* = ½ wᵀHw with eigenvalues h_i (negative round-off counts as 0)."""
-    from devrl.regime import quadratic_sensitivity
-
     return quadratic_sensitivity(np.clip(np.asarray(eigenvalues, np.float64), 0, None), nbeta,
                                  localization)
 
@@ -252,11 +253,9 @@ def checkpoint_tables(features: np.ndarray, weights: np.ndarray, settings: Outpu
                                  np.ndarray]:
     """Everything about one checkpoint: (facts, estimate rows, closed-form curve, spectrum).
 
-    The estimates are `devrl.llc.estimate_llc` of `output_loss` at W*, at the base cell with
-    every key and, if `detailed`, at the other cells with the first key; chain keys are
+    The estimates are `devrl.measures.llc.estimate_llc` of `output_loss` at W*, at the base cell
+    with every key and, if `detailed`, at the other cells with the first key; chain keys are
     fold_in(fold_in(PRNGKey(chain_seed), cell), key)."""
-    from devrl.llc import estimate_llc
-
     n = features.shape[0]
     probs = softmax64(features @ weights)
     curvature = hessian(features, probs)
@@ -317,9 +316,6 @@ def study_tables(scale: str, craftax: Path, seeds: list[int] | None = None,
     (seed, checkpoint) the facts of H, the estimates, the closed-form curves and H's spectrum."""
     import json
     
-    from devrl.config import config_from_dict
-    from devrl.policy_llc import log_spaced
-    from devrl.runs import load_params, sha256_file
 
     if scale not in SETTINGS:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(SETTINGS)}")

@@ -1,4 +1,4 @@
-"""Run directories: atomic writes, manifests with checksums, checkpoints, resume.
+"""Run directories: manifests with checksums, provenance, checkpoints, locks.
 
 A run directory (one seed) holds::
 
@@ -13,7 +13,8 @@ A run directory (one seed) holds::
 
 Each checkpoint first records the checksums of the files it is about to write under the
 manifest's `pending` key, then writes them, then rewrites the manifest without it: a run killed in
-between verifies as "interrupted: rerun to resume", never as corrupt.
+between verifies as "interrupted: rerun to resume", never as corrupt. Training into a run
+directory is `devrl.runs.training`'s; the atomic writes are `devrl.core.base`'s.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from devrl.config import ConfigError, TrainConfig, config_from_dict, loads_strict
+from devrl.core.base import ConfigError
+from devrl.core.config import TrainConfig, config_from_dict, loads_strict
 
 # Files of a run directory that change after training or only serve resume: not checksummed.
 RUN_SCRATCH = ("state/", "progress.json", "task.json", "train.log", "behaviour/", "llc/",
@@ -48,81 +50,7 @@ RUN_SCRATCH = ("state/", "progress.json", "task.json", "train.log", "behaviour/"
 PACKAGES = ("devrl", "jax", "jaxlib", "flax", "optax", "craftax", "numpy", "pandas")
 
 
-# ---------------------------------------------------------------- atomic files and checksums
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; files follow the umask
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it (Linux), else by setting and restoring it."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def replace_dir(staging: Path, out: Path) -> Path:
-    """Move the finished folder `staging` to `out`, replacing any old `out` by renames only.
-
-    The old folder is renamed aside before the new one moves in, so `out` is always either the
-    complete old or the complete new folder (a crash in between leaves the old one at .OUT.old).
-    """
-    staging, out = Path(staging), Path(out)
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old)
-    else:
-        staging.rename(out)
-    return out
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def npz_bytes(arrays: dict[str, np.ndarray], compress: bool = False) -> bytes:
-    buffer = io.BytesIO()
-    (np.savez_compressed if compress else np.savez)(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def parquet_bytes(frame: pd.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    return buffer.getvalue()
-
-
-def atomic_write_npz(path: Path, arrays: dict[str, np.ndarray], compress: bool = False) -> None:
-    atomic_write_bytes(path, npz_bytes(arrays, compress))
-
-
-def atomic_write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write_bytes(path, parquet_bytes(frame))
-
-
+# ---------------------------------------------------------------- manifests and checksums
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -171,38 +99,6 @@ def mark_pending(directory: Path, files: dict[str, bytes]) -> None:
     manifest = json.loads(path.read_text())
     manifest["pending"] = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
     atomic_write_json(path, manifest)
-
-
-class DivergedError(ConfigError):
-    """Training produced a non-finite loss or parameters. A ConfigError: resuming from the last
-    finite checkpoint would diverge again, so a sweep does not retry it."""
-
-
-# The per-update losses whose non-finite value marks a diverged run.
-LOSS_COLUMNS = ("actor_loss", "value_loss", "entropy", "approx_kl")
-
-
-def divergence(chunk: pd.DataFrame, params: Any) -> str | None:
-    """None while every loss of `chunk` (one row per update, column `update`) and every
-    parameter is finite; else "diverged at update N: what" for the first offending update
-    (parameters are checked at the chunk's end, so there N is its last update)."""
-    import jax
-
-    present = [c for c in LOSS_COLUMNS if c in chunk.columns]
-    values = chunk[present].to_numpy(dtype=np.float64)
-    rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
-    if len(rows):
-        row = chunk.iloc[rows[0]]
-        which = [c for c in present if not np.isfinite(row[c])]
-        return (f"diverged at update {int(row['update'])}: non-finite "
-                f"{', '.join(which)} ({', '.join(f'{c}={row[c]}' for c in which)})")
-    bad = [".".join(map(str, path)) for path, leaf in
-           jax.tree_util.tree_flatten_with_path(params)[0]
-           if not np.isfinite(np.asarray(leaf)).all()]
-    if bad:
-        return (f"diverged at update {int(chunk['update'].iloc[-1])}: non-finite parameters "
-                f"in {len(bad)} arrays (first {bad[0]})")
-    return None
 
 
 class Problem(str):
@@ -369,8 +265,8 @@ _PROCESS_PROVENANCE: dict[str, Any] = {}
 
 def process_provenance() -> dict[str, Any]:
     """{"git_commit", "source"} of the code this process loaded, taken once, at the first call
-    (devrl.runs calls it when it is imported): a long-running trainer keeps recording the commit
-    it started from, not whatever the work tree has moved to since (a commit made while a run
+    (devrl.runs.rundir calls it when it is imported): a long-running trainer keeps recording the
+    commit it started from, not whatever the work tree has moved to since (a commit made while a run
     trains would otherwise be named as the run's code)."""
     if not _PROCESS_PROVENANCE:
         _PROCESS_PROVENANCE.update(git_commit=git_commit(), source=loaded_sources())
@@ -484,17 +380,6 @@ def provenance_problems(directory: Path, repository: Path | None = None) -> list
 
 
 # ---------------------------------------------------------------- run directory
-def checkpoint_schedule(config: TrainConfig) -> list[int]:
-    """Updates after which parameters are saved: 0, log-spaced from 1, every k, and the last."""
-    last = config.num_updates
-    marks = {0, last}
-    if config.log_checkpoints:
-        marks.update(round(u) for u in np.geomspace(1, last, config.log_checkpoints))
-    marks.update(range(config.checkpoint_every_updates, last + 1,
-                       config.checkpoint_every_updates))
-    return sorted(m for m in marks if 0 <= m <= last)
-
-
 def ensure_writable(directory: Path) -> None:
     directory = Path(directory)
     try:
@@ -550,70 +435,6 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def tree_arrays(tree: Any) -> dict[str, np.ndarray]:
-    """The leaves of `tree` keyed by their path (`.train_state.params['params']['actor_0']...`)."""
-    import jax
-
-    flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(tree))
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
-
-
-def save_runner(path: Path, runner: Any) -> None:
-    atomic_write_npz(path, tree_arrays(runner))
-
-
-def load_runner(path: Path, template: Any) -> Any:
-    """The state saved at `path`, put into `template`'s tree by path, never by leaf position:
-    two leaves of equal shape (the actor's and the critic's hidden layers) cannot swap."""
-    import jax
-
-    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-    try:
-        with np.load(path) as data:
-            stored = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        # a damaged file stays damaged: a ConfigError is permanent, so no retry repeats it
-        raise ConfigError(f"{path}: the saved training state is unreadable ({type(error).__name__}"
-                          f": {error}); delete it to restart this run from update 0, or restore "
-                          "it from a copy") from None
-    wanted = {jax.tree_util.keystr(p): leaf for p, leaf in flat}
-    missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
-    mismatched = [k for k in wanted if k in stored and (
-        stored[k].shape != wanted[k].shape or stored[k].dtype != wanted[k].dtype)]
-    if missing or extra or mismatched:
-        detail = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                           for label, keys in (("not saved", missing), ("not in this state",
-                                               extra), ("other shape or dtype", mismatched))
-                           if keys)
-        raise ConfigError(f"{path}: saved training state does not match this config and code "
-                          f"({detail}); resume needs the config and code it was made with")
-    return jax.tree_util.tree_unflatten(
-        treedef, [jax.numpy.asarray(stored[jax.tree_util.keystr(p)]) for p, _ in flat])
-
-
-# ---------------------------------------------------------------- training driver
-ProgressFn = Callable[[dict[str, Any]], None]
-
-
-def lock_wait() -> float:
-    """Seconds a trainer waits for a run directory held by another process (DEVRL_LOCK_WAIT)."""
-    text = os.environ.get("DEVRL_LOCK_WAIT", "30")
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        raise ConfigError(f"DEVRL_LOCK_WAIT={text!r} is not allowed: must be a number of "
-                          "seconds") from None
-
-
-def train(config: TrainConfig, run_dir: Path, progress: ProgressFn | None = None,
-          stop_after_updates: int | None = None) -> Path:
-    """Train (or resume) one seed in `run_dir`. `stop_after_updates` ends early (for tests)."""
-    run_dir = Path(run_dir)
-    prepare_run_dir(config, run_dir)
-    with exclusive_lock(run_dir, wait=lock_wait()):
-        return _train_locked(config, run_dir, progress, stop_after_updates)
-
-
 @contextlib.contextmanager
 def held_lock(path: Path, wait: float, busy: Callable[[str], str]):
     """Hold an exclusive flock on the file `path`, waiting up to `wait` seconds for it.
@@ -642,119 +463,44 @@ def held_lock(path: Path, wait: float, busy: Callable[[str], str]):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def exclusive_lock(run_dir: Path, wait: float = 30.0):
-    """Hold the lock of `run_dir` so two processes never train into it at once."""
-    return held_lock(Path(run_dir) / ".lock", wait, lambda holder: (
-        f"out={str(run_dir)!r} is not allowed: another live process is training into it "
-        f"({holder}); wait for it, or stop it first"))
-
-
-def _train_locked(config: TrainConfig, run_dir: Path, progress: ProgressFn | None,
-                  stop_after_updates: int | None) -> Path:
-    import jax
-    import jax.numpy as jnp
-
-    from devrl.ppo import make_train
-
-    schedule = checkpoint_schedule(config)
-    max_chunk = max(b - a for a, b in itertools.pairwise(schedule))
-    heartbeat(run_dir, status="compiling", update=None, config=config)
-
-    trainer = make_train(config, max_chunk)
-    state_path = run_dir / "state" / "latest.npz"
-    t0 = time.perf_counter()
-    runner = trainer.init(jax.random.PRNGKey(config.seed))
-    if state_path.exists():
-        runner = load_runner(state_path, runner)
-    compiled = trainer.run_updates.lower(runner, jnp.int32(1)).compile()
-    compile_seconds = time.perf_counter() - t0
-    done = int(runner.update)
-    metrics = pd.read_parquet(run_dir / "metrics.parquet") if done else None
-    if metrics is not None:
-        metrics = metrics[metrics["update"] <= done]
-    extra = {"config": config.to_dict(), "config_hash": config.config_hash(),
-             "seed": config.seed, "schedule": schedule, "compile_seconds": compile_seconds,
-             # Results are bitwise reproducible for equal code, config and XLA threads (the
-             # CPUs the trainer may run on: XLA sizes its thread pool by them).
-             "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_count": os.cpu_count(),
-             "threads": len(os.sched_getaffinity(0)), "backend": jax.default_backend()}
-
-    def manifest(updates: int) -> None:
-        write_manifest(run_dir, {**extra, "complete": updates == config.num_updates,
-                                 "updates_done": updates}, exclude=RUN_SCRATCH)
-
-    if done == 0:
-        atomic_write_npz(run_dir / "checkpoints" / "params_000000.npz",
-                         params_to_flat(runner.train_state.params))
-        manifest(0)
-
-    for target in schedule:
-        if target <= done:
-            continue
-        if stop_after_updates is not None and target > stop_after_updates:
-            break
-        start = time.perf_counter()
-        runner, buffer = compiled(runner, jnp.int32(target - done))
-        buffer = jax.device_get(buffer)  # blocks until the chunk is finished
-        seconds = time.perf_counter() - start
-        n = target - done
-        chunk = pd.DataFrame({k: np.asarray(v[:n]) for k, v in buffer.items()})
-        chunk.insert(0, "update", np.arange(done + 1, target + 1))
-        chunk.insert(1, "env_steps", chunk["update"] * config.steps_per_update)
-        chunk["sps"] = n * config.steps_per_update / seconds
-        diverged = divergence(chunk, runner.train_state.params)
-        if diverged:  # keep the last finite checkpoint and state, and mark the run
-            extra["diverged"] = {"message": diverged, "last_finite_update": done}
-            manifest(done)
-            heartbeat(run_dir, status="diverged", update=done, config=config)
-            raise DivergedError(f"out={str(run_dir)!r}: {diverged}; the run keeps its last "
-                                f"finite checkpoint (update {done}): lower lr or check the "
-                                "config")
-        metrics = chunk if metrics is None else pd.concat([metrics, chunk], ignore_index=True)
-        done = target
-        files = {f"checkpoints/params_{done:06d}.npz":
-                 npz_bytes(params_to_flat(runner.train_state.params)),
-                 "metrics.parquet": parquet_bytes(metrics)}
-        mark_pending(run_dir, files)
-        for rel, data in files.items():
-            atomic_write_bytes(run_dir / rel, data)
-        save_runner(state_path, runner)
-        last = chunk.iloc[-1]
-        info = {"update": done, "num_updates": config.num_updates,
-                "env_steps": done * config.steps_per_update, "sps": float(last["sps"]),
-                "return": float(last["episode_return"]),
-                **{key: float(last[column]) for key, column in PROGRESS_EXTRAS.items()
-                   if column in last.index}}
-        heartbeat(run_dir, status="training", config=config, **info)
-        manifest(done)
-        if progress:
-            progress(info)
-    if done == config.num_updates:
-        # A kill after the last state was saved but before its manifest: the loop above had
-        # nothing left to do, so the final manifest is written here.
-        stored = json.loads((run_dir / "manifest.json").read_text())
-        if not stored.get("complete") or stored.get("pending"):
-            manifest(done)
-        heartbeat(run_dir, status="complete", update=done, config=config)
-    return run_dir
-
-
-# Craftax fields the progress heartbeat also reports (absent for the cue-memory task).
-PROGRESS_EXTRAS = {"plants_placed": "plants_placed", "place_attempts": "place_attempts",
-                   "place_plant_success": "achievement_place_plant"}
-
-
-def heartbeat(run_dir: Path, status: str, config: TrainConfig, **info: Any) -> None:
-    atomic_write_json(Path(run_dir) / "progress.json",
-                      {"status": status, "time": time.time(), "pid": os.getpid(),
-                       "num_updates": config.num_updates, **info})
-
-
 def read_progress(run_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((Path(run_dir) / "progress.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def load_config(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise ConfigError(f"run={str(run_dir)!r} is not allowed: not a run directory "
+                          "(no config.json)")
+    return config_from_dict(loads_strict(path.read_text(), f"config {str(path)!r}"))
+
+
+def run_dirs_under(path: Path) -> list[Path]:
+    """`path` itself if it is a run directory, else the run directories below it (a sweep's
+    `<config hash>/seed_N`, or a folder of seed_N), each checked against its manifest."""
+    path = Path(path)
+    if (path / "config.json").exists():
+        found = [path]
+    else:
+        found = sorted({p.parent for pattern in ("seed_*/config.json", "*/seed_*/config.json")
+                        for p in path.glob(pattern)})
+    if not found:
+        raise ConfigError(f"run={str(path)!r} is not allowed: must be a run directory or a "
+                          "sweep directory holding run directories")
+    for run_dir in found:
+        check_verified(run_dir, "run")
+    return found
+
+
+def check_evaluated(run_dir: Path) -> dict[str, Any]:
+    """The manifest of `run_dir`'s behaviour tables, verified (ConfigError if absent or bad)."""
+    behaviour = Path(run_dir) / "behaviour"
+    if not (behaviour / "manifest.json").exists():
+        raise ConfigError(f"run={str(run_dir)!r} is not allowed: evaluate it first (devrl eval)")
+    return check_verified(behaviour, "run")
 
 
 # The code this process runs is the code it imported: take its provenance now (see

@@ -47,7 +47,7 @@ from scipy.optimize import brentq
 from scipy.special import gammaln
 from scipy.stats import norm
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 
 BOOTSTRAP = 200
 BOOTSTRAP_SEED = 7_207

@@ -3,7 +3,7 @@
 The notebooks are jupytext MyST files in `notebooks/`. Each has one cell tagged `parameters` whose
 lines are annotated assignments (`seeds: list[int] | None = None`); the annotations are what
 `-p` values are checked against, before anything runs, by the rules flags and config files follow
-(devrl.config.check_kind: a float is finite, an int whole).
+(devrl.core.config.check_kind: a float is finite, an int whole).
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devrl.analysis import data_root, repo_root, runs_root
-from devrl.config import NUMBER_RULES, SCALES, ConfigError, check_kind
+from devrl.core.base import ConfigError
+from devrl.core.config import NUMBER_RULES, SCALES, check_kind
+from devrl.datasets import data_root, repo_root, runs_root
+from devrl.runs.rundir import held_lock
 
 KERNEL_NAME = "devrl"
 SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
@@ -91,7 +93,7 @@ def matches(value: Any, annotation: str) -> bool:
 def check_value(name: str, value: Any, annotation: str) -> Any:
     """`value` as the type written in `annotation` (int, float, bool, str, None, list[...], and
     unions with `|`), each int, float, bool and str checked as flags and config files are
-    (`devrl.config.check_kind`: NaN and ±inf are refused, 3e0 is the int 3, 3.5 is no int);
+    (`devrl.core.config.check_kind`: NaN and ±inf are refused, 3e0 is the int 3, 3.5 is no int);
     else a ConfigError naming parameter `name` and the type."""
     try:
         return _checked(value, ast.parse(annotation, mode="eval").body)
@@ -199,8 +201,6 @@ def default_output_dir(name: str, values: dict[str, Any]) -> Path:
 
 def notebook_lock(name: str):
     """One `devrl figure NAME` at a time (its recompute writes data/ and a shared cache)."""
-    from devrl.runs import held_lock
-
     folder = runs_root() / ".locks"
     folder.mkdir(parents=True, exist_ok=True)
     return held_lock(folder / f"figure-{name}.lock", 0.0, lambda holder: (

@@ -27,7 +27,8 @@ from craftax.craftax_classic.envs.craftax_symbolic_env import (
 )
 from flax import struct
 
-from devrl.config import CRAFTAX_ENV, REWARDS, ConfigError
+from devrl.core.base import ConfigError
+from devrl.core.config import CRAFTAX_ENV, REWARDS
 
 NUM_ACTIONS = len(Action)
 ACTION_NAMES = tuple(a.name.lower() for a in Action)
@@ -212,7 +213,7 @@ class PoolState:
 class PoolResetVecEnv:
     """A batch of `num_envs` environments with optimistic resets from a pool of fresh worlds.
 
-    The interface PPO trains on (shared with `devrl.memory_task.CueMemoryVecEnv`): `reset`,
+    The interface PPO trains on (shared with `devrl.core.memory_task.CueMemoryVecEnv`): `reset`,
     `step`, `num_actions`, `default_params`, `observation_size()`, `episode_fields`,
     `episode_vectors(info)` ([num_envs, fields]), `running_episode_vectors(state)` and
     `state_metrics(state)`."""

@@ -4,17 +4,24 @@ rendered offline in the browser from the vendored Vega bundle, and exported as S
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import altair as alt
 import pandas as pd
 
-from devrl.analysis import figures_root
+from devrl.core.base import atomic_write_bytes
+from devrl.datasets import repo_root
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif"
 # Okabe-Ito, readable for the common forms of colour blindness.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+
+
+def figures_root() -> Path:
+    """Where figures are exported as SVG and PNG: DEVRL_FIGURES, default `_build/figures/`."""
+    return Path(os.environ.get("DEVRL_FIGURES") or repo_root() / "_build" / "figures")
 
 
 @alt.theme.register("devrl", enable=True)
@@ -105,7 +112,6 @@ class Figure:
         """Write `<name>.svg` and `<name>.png` (2x) into `folder` (default `figures_root()`)."""
         import vl_convert as vlc
 
-        from devrl.runs import atomic_write_bytes
 
         folder = Path(folder) if folder else figures_root()
         folder.mkdir(parents=True, exist_ok=True)

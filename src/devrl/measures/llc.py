@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from devrl.config import ConfigError
+from devrl.core.base import ConfigError
 
 SAMPLERS = ("sgld", "rmsprop_sgld")
 # How the loss of each draw is measured, each an unbiased estimate of L_n(w): "minibatch", the
@@ -82,7 +82,6 @@ class LLCSettings:
 
     def validate(self) -> LLCSettings:
         """Raise ConfigError naming the first setting that is out of range."""
-
         def bad(name: str, allowed: str) -> None:
             raise ConfigError(f"{name}={getattr(self, name)!r} is not allowed: {allowed}")
 

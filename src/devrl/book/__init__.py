@@ -1,0 +1,2 @@
+"""The book's machinery: the papermill runner of the figure notebooks, the plot theme and
+export, and the vendored browser scripts."""

@@ -1,0 +1,204 @@
+"""Learning coefficients of policies (book/learning-coefficients.md): the data sets of the part,
+opened (or recomputed) for its notebooks.
+
+The part is about the estimator itself, so its machinery is in `devrl.measures`: the sampler
+(`llc`), its known answers (`known`), the policy's LLC (`policy_llc`), the regime study of the
+estimator (`regime`), the output layer's LLC against its closed form (`output_llc`) and essential
+dynamics (`dynamics`). Here are the loaders: `llc_data` (data/llc-<scale>), `validation_data`
+(data/llc-validation-<scale>), `regime_data` and `rejudge_regime` (data/llc-regime-<scale>) and
+`output_llc_data` (data/output-llc-<scale>).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from devrl.core.config import SCALE_SEEDS, make_config
+from devrl.datasets import (
+    check_scale_and_recompute,
+    check_seeds,
+    choose_seeds,
+    craftax_data,
+    craftax_source,
+    data_root,
+    open_data_set,
+    plural,
+    recompute_runs_dir,
+    runs_root,
+    seeded_table_set,
+    table_set,
+)
+from devrl.measures import known, output_llc, regime
+from devrl.measures.policy_llc import export_llc
+from devrl.runs.sweep import run_dir_for
+
+
+@dataclass(frozen=True)
+class LLCData:
+    """The policy-LLC data set of one scale (`data/llc-<scale>/`), restricted to the chosen seeds."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    calibration: pd.DataFrame  # one row per (calibration checkpoint, nβ factor, step size)
+    check: pd.DataFrame  # convergence check: one row per calibration checkpoint
+    llc: pd.DataFrame  # one row per (seed, checkpoint, variant kind, target)
+    logprobs: dict[int, dict[str, np.ndarray]]  # per seed: updates, env_steps, logprobs, context
+
+    def describe(self) -> str:
+        m = self.manifest
+        s = m["settings"]
+        caveat = "" if m["calibration_passed"] else \
+            " (no step size met the calibration rule: the smallest was used)"
+        return (f"{plural(len(self.seeds), 'seed')} ({', '.join(map(str, self.seeds))}), "
+                f"{s['num_chains']} chains of {s['num_steps']} SGLD steps "
+                f"({s['num_burnin']} burn-in), ε = {m['step_size']:g}{caveat}, "
+                f"γ = {s['localization']:g}, nβ = {s['nbeta_factor']:g}·n/log n")
+
+
+def llc_data(scale: str = "cpu", seeds: list[int] | None = None,
+             recompute: bool = False) -> LLCData:
+    """The policy-LLC data set of `scale`; with `recompute`, regenerate it (and the runs) first.
+
+    A recompute first runs `craftax_data(scale, seeds, recompute=True)` (training, evaluation and
+    export, reusing finished runs of the same code), then `devrl llc` on those runs.
+    """
+    check_scale_and_recompute(scale, recompute)
+    seeds = check_seeds(seeds)
+    folder = data_root() / f"llc-{scale}"
+    if recompute:
+        chosen = seeds or list(SCALE_SEEDS[scale])
+        craftax_data(scale, chosen, recompute=True)
+        out = recompute_runs_dir(scale)
+        export_llc([run_dir_for(out, make_config(scale, seed=seed)) for seed in chosen], folder,
+                   scale,
+                   progress=lambda message: None)
+    manifest = open_data_set(folder, scale)
+    chosen = choose_seeds(manifest, seeds, folder)
+    table = pd.read_parquet(folder / "llc.parquet")
+    logprobs = {}
+    for seed in chosen:
+        with np.load(folder / "logprobs" / f"seed_{seed}.npz") as data:
+            logprobs[seed] = {k: data[k] for k in data.files}
+    return LLCData(scale=scale, seeds=chosen, path=folder, manifest=manifest,
+                   calibration=pd.read_parquet(folder / "calibration.parquet"),
+                   check=pd.read_parquet(folder / "check.parquet"),
+                   llc=table[table["seed"].isin(chosen)].reset_index(drop=True),
+                   logprobs=logprobs)
+
+
+def validation_data(scale: str = "cpu", recompute: bool = False) -> tuple[pd.DataFrame, dict]:
+    """The known-answer suite of the LLC estimator (`data/llc-validation-<scale>/`) and manifest.
+
+    With `recompute`, runs `devrl.measures.known.validation_suite(scale)` and replaces the folder.
+    """
+    def build():
+        return ({"validation": pd.DataFrame(known.validation_suite(scale))}, {
+            "what": "LLC estimates of deep linear networks against their closed-form learning "
+                    "coefficients (devrl.measures.known.validation_suite)",
+            "made_by": f"devrl figure llc-validation -p scale {scale} -p recompute True",
+            "settings": known.VALIDATION_SETTINGS[scale]})
+
+    tables, manifest = table_set("llc-validation", scale, recompute, build)
+    return tables["validation"], manifest
+
+
+@dataclass(frozen=True)
+class RegimeData:
+    """The regime study of the LLC estimator (`data/llc-regime-<scale>/`,
+    `devrl.measures.regime`)."""
+
+    scale: str
+    path: Path
+    manifest: dict[str, Any]
+    estimates: pd.DataFrame  # one row per (model, estimate): grid cells, ε sweep, longer, keys
+    verdicts: pd.DataFrame  # one row per (model, grid cell): each criterion of the rule
+    outcomes: pd.DataFrame  # one row per model: the rule's choice and whether it passed
+
+
+def regime_data(scale: str = "cpu", recompute: bool = False) -> RegimeData:
+    """The regime data set; with `recompute`, rerun the study (DLNs, then the policy at the
+    first seed's exported checkpoints of `data/craftax-<scale>`, recomputed first if missing).
+    Estimates are cached under DEVRL_RUNS/llc-regime-<scale>/, so an interrupted rerun resumes."""
+    def build():
+        craftax = craftax_source(scale)
+        tables, extra = regime.study_tables(scale, craftax, runs_root() / f"llc-regime-{scale}",
+                                            progress=lambda message: print(message, flush=True))
+        return tables, {
+            "what": "regime study of the LLC estimator: λ̂ over nβ × γ (and ε) for deep linear "
+                    "networks on realisable data with known λ and for the policy's "
+                    "self-distillation loss, with the rule's verdicts (devrl.measures.regime)",
+            "made_by": f"devrl figure llc-regime -p scale {scale} -p recompute True", **extra}
+
+    tables, manifest = table_set("llc-regime", scale, recompute, build)
+    return RegimeData(scale=scale, path=data_root() / f"llc-regime-{scale}", manifest=manifest,
+                      **tables)
+
+
+@dataclass(frozen=True)
+class OutputLLCData:
+    """The output layer's learning coefficient with the features frozen
+    (`data/output-llc-<scale>/`, `devrl.measures.output_llc`), restricted to the chosen seeds."""
+
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    checkpoints: pd.DataFrame  # per (seed, checkpoint): H's rank, largest curvature, quadratic check
+    estimates: pd.DataFrame  # per (seed, checkpoint, nβ cell, chain key): λ̂ and its closed form
+    curves: pd.DataFrame  # per (seed, checkpoint, γ, nβ factor): the closed form
+    spectra: pd.DataFrame  # per (seed, checkpoint, index): H's eigenvalues (float32)
+
+
+def output_llc_data(scale: str = "cpu", seeds: list[int] | None = None,
+                    recompute: bool = False) -> OutputLLCData:
+    """The output-layer data set (`seeds`, or every seed it holds); with `recompute`, rebuild it
+    from the exported checkpoints and probe sets of `data/craftax-<scale>` (recomputed first if
+    absent)."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        craftax = craftax_source(scale, seeds)
+        tables, extra = output_llc.study_tables(scale, craftax, seeds,
+                                                progress=lambda m: print(m, flush=True))
+        return tables, {
+            "what": "the output layer's LLC with the hidden features frozen: λ̂ at every exported "
+                    "checkpoint against its closed form from the Hessian H of the "
+                    "self-distillation loss, rank(H), and the quadratic check "
+                    "(devrl.measures.output_llc)",
+            "made_by": f"devrl figure output-llc -p scale {scale} -p recompute True", **extra}
+
+    picked, manifest, folder, chosen = seeded_table_set("output-llc", scale, seeds, recompute,
+                                                        build)
+    return OutputLLCData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
+
+
+def rejudge_regime(scale: str = "cpu") -> RegimeData:
+    """Rewrite the regime data set's verdicts and outcomes with the current rule
+    (`devrl.measures.regime.rejudge`) from its stored estimates, without sampling again; the
+    manifest keeps the study's records and names the commit whose code made the estimates."""
+    check_scale_and_recompute(scale, True)
+    folder = data_root() / f"llc-regime-{scale}"
+    old = open_data_set(folder, scale)
+
+    def build():
+        estimates = pd.read_parquet(folder / "estimates.parquet")
+        outcomes = pd.read_parquet(folder / "outcomes.parquet")
+        grids = {"policy": regime.POLICY_GRIDS[scale], "dln": regime.DLN_GRIDS[scale]}
+        verdicts, outcomes = regime.rejudge(estimates, outcomes, grids)
+        kept = {k: old[k] for k in ("policy_grid", "dln_grid", "dln_cases", "dln_nbeta0",
+                                    "dln_num_data", "craftax_manifest_sha256") if k in old}
+        return ({"estimates": estimates, "verdicts": verdicts, "outcomes": outcomes}, {
+            **kept, "what": old["what"], "rule": regime.rule_settings(),
+            "made_by": f"devrl.studies.llc.rejudge_regime({scale!r})",
+            "estimates_from": {"git_commit": old.get("git_commit"),
+                               "written": old.get("written"), "made_by": old.get("made_by")}})
+
+    tables, manifest = table_set("llc-regime", scale, True, build)
+    return RegimeData(scale=scale, path=folder, manifest=manifest, **tables)
