@@ -1,0 +1,130 @@
+"""The package's layers (README, Layout): each module imports only its own layer and the layers
+below it, no study imports another study, toys never import studies, and no import circle runs
+through the package. Every import counts, those inside functions too: an import moved into a
+function to dodge a circle is still an arrow."""
+
+import ast
+from pathlib import Path
+
+import devrl
+
+PACKAGE = Path(devrl.__file__).resolve().parent
+
+# Bottom to top. A module may import modules of its own layer and of the layers below it.
+LAYERS = (
+    ("base", ("devrl", "devrl.core.base")),
+    ("core", ("devrl.core",)),
+    ("runs", ("devrl.runs",)),
+    ("measures", ("devrl.measures",)),
+    ("datasets", ("devrl.datasets",)),
+    ("toys", ("devrl.toys",)),
+    ("studies", ("devrl.studies",)),
+    ("book", ("devrl.book",)),
+    ("cli", ("devrl.cli",)),
+)
+INDEPENDENT = ("devrl.studies",)  # the modules under each of these never import one another
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its __init__.py)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def layer_of(name: str) -> int:
+    """The index in LAYERS of the most specific prefix naming `name` (a package or a module)."""
+    best, rank = -1, None
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), index
+    if rank is None or (rank == 0 and name != "devrl" and name != "devrl.core.base"):
+        raise AssertionError(f"{name} belongs to no layer: add it to LAYERS in {__file__}")
+    return rank
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
+    """(imported devrl module, line) for every import in the module, at any depth."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from devrl.measures import chao` imports the module devrl.measures.chao
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                       for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            if target == "devrl" or target.startswith("devrl."):
+                while target not in known:  # `import devrl.x.y` of an attribute: its module
+                    target = target.rpartition(".")[0]
+                if target != name:
+                    found.append((target, node.lineno))
+    return found
+
+
+def graph() -> dict[str, list[tuple[str, int]]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def test_every_import_goes_down_the_layers_or_stays_in_its_own():
+    wrong = []
+    for name, targets in graph().items():
+        for target, line in targets:
+            if layer_of(target) > layer_of(name):
+                wrong.append(f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} "
+                             f"({LAYERS[layer_of(target)][0]}), line {line}")
+    assert not wrong, "imports up the layers:\n" + "\n".join(wrong)
+
+
+def test_the_base_imports_nothing_of_the_package():
+    assert [t for t, _ in graph()["devrl.core.base"]] == []
+
+
+def test_no_study_imports_another_study():
+    wrong = []
+    for name, targets in graph().items():
+        for group in INDEPENDENT:
+            if not name.startswith(group + "."):
+                continue
+            for target, line in targets:
+                if target.startswith(group + ".") and target != name:
+                    wrong.append(f"{name} imports {target}, line {line}")
+    assert not wrong, "studies import each other (move what they share down):\n" + \
+        "\n".join(wrong)
+
+
+def test_no_import_circle():
+    edges = {name: sorted({t for t, _ in targets}) for name, targets in graph().items()}
+    state: dict[str, str] = {}
+    circles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for target in edges.get(node, []):
+            if state.get(target) == "open":
+                circles.append(" -> ".join(path[path.index(target):] + [target]))
+            elif target not in state:
+                visit(target, path + [target])
+        state[node] = "done"
+
+    for node in edges:
+        if node not in state:
+            visit(node, [node])
+    assert not circles, "import circles:\n" + "\n".join(circles)
+
+
+def test_the_layers_name_every_module():
+    for name in modules():
+        layer_of(name)  # raises for a module outside every layer
