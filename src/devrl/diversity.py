@@ -977,6 +977,16 @@ def listing(table: pd.DataFrame, column: str, spec: str = ".2f", sd: bool = True
     return out
 
 
+def p_text(p: float, draws: int) -> str:
+    """A null-distribution p-value for the prose, rounded to what `draws` null draws resolve:
+    "p = 0.012", or "p < 0.0005" where no draw reached the observed value."""
+    if not np.isfinite(p):
+        return "p undefined"
+    if p * draws < 1:
+        return f"p < {format(1 / draws, '.1g')}"
+    return f"p = {p:.3f}"
+
+
 def holding(manifest: dict[str, Any]) -> str:
     """How many of the planned variant runs a study's data set holds, per reward structure, for
     the prose (the control's seeds are not counted: they are `data/craftax-<scale>`'s)."""
