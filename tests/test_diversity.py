@@ -296,12 +296,12 @@ def test_prose_helpers_name_missing_structures_and_the_kind_of_each_prediction()
     table = pd.DataFrame({"variant": ["no_plant", "default"], "x": [1.234, 2.0],
                           "x_sd": [0.1, 0.25]})
     assert dv.listing(table, "x", ".1f") == (
-        "`default` 2.0 ± 0.2, `no_plant` 1.2 ± 0.1 (`every_plant` and `plant_x4`: no run yet)")
-    assert dv.listing(table, "x", ".2f", sd=False, variants=["no_plant"]) == "`no_plant` 1.23"
+        "default 2.0 ± 0.2, no_plant 1.2 ± 0.1 (every_plant and plant_x4: no run yet)")
+    assert dv.listing(table, "x", ".2f", sd=False, variants=["no_plant"]) == "no_plant 1.23"
     manifest = {"planned": ["no_plant-seed_0", "no_plant-seed_1", "plant_x4-seed_0"],
                 "held": ["no_plant-seed_1"]}
-    assert dv.holding(manifest) == ("1 of the 3 planned variant runs (`no_plant` 1 of 2 seeds; "
-                                    "`plant_x4` 0 of 1 seeds)")
+    assert dv.holding(manifest) == ("1 of the 3 planned variant runs (no_plant 1 of 2 seeds; "
+                                    "plant_x4 0 of 1 seeds)")
     said = dv.stated({"p1": "held", "p2": "untested", "p3": "did not hold"})
     assert said == {"p1": "held (exploratory)", "p2": "untested (it would be a test)",
                     "p3": "did not hold (a test)"}

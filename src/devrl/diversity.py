@@ -957,17 +957,17 @@ def mean_sd(frame: pd.DataFrame, column: str, by: str = "variant") -> pd.DataFra
 
 def listing(table: pd.DataFrame, column: str, spec: str = ".2f", sd: bool = True,
             variants: Sequence[str] = VARIANT_ORDER) -> str:
-    """The value of `column` per reward structure, in `VARIANT_ORDER`, for the prose: "`default`
-    1.23 ± 0.45, `no_plant` 0.98 ± 0.10, …" (mean ± sd over seeds from the columns `column`
-    and `column`_sd of `table`, one row per `variant`); a structure the table lacks is named as
-    having no run yet."""
+    """The value of `column` per reward structure, in `VARIANT_ORDER`, for the prose (glued text
+    shows no markup): "default 1.23 ± 0.45, no_plant 0.98 ± 0.10, …" (mean ± sd over seeds from
+    the columns `column` and `column`_sd of `table`, one row per `variant`); a structure the
+    table lacks is named as having no run yet."""
     rows = table.set_index("variant")
     parts, absent = [], []
     for variant in variants:
         if variant not in rows.index:
-            absent.append(f"`{variant}`")
+            absent.append(variant)
             continue
-        text = f"`{variant}` {format(float(rows.loc[variant, column]), spec)}"
+        text = f"{variant} {format(float(rows.loc[variant, column]), spec)}"
         if sd:
             text += f" ± {format(float(rows.loc[variant, f'{column}_sd']), spec)}"
         parts.append(text)
@@ -997,7 +997,7 @@ def holding(manifest: dict[str, Any]) -> str:
         per.setdefault(variant, [0, 0])
         per[variant][0] += 1
         per[variant][1] += name in held
-    detail = "; ".join(f"`{v}` {h} of {p} seeds" for v, (p, h) in per.items())
+    detail = "; ".join(f"{v} {h} of {p} seeds" for v, (p, h) in per.items())
     return f"{len(held)} of the {len(planned)} planned variant runs ({detail})"
 
 
