@@ -861,13 +861,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
                for _, c in spec.configs()}
     missing = [c for _, c in spec.configs() if digests[digest_name(c)] is None]
     planned = [digest_name(c) for _, c in spec.configs()]
-    if missing and not train:
-        held = [c for _, c in spec.configs() if digests[digest_name(c)] is not None]
-        if not held:
-            raise ConfigError(f"no run of the reward sweep has a digest in {root}: train and "
-                              "digest some first (devrl sweep, devrl digest)")
-        missing = []
-    if missing:
+    if missing and train:
         only = {run_name(c) for c in missing}
         if run_sweep(spec, runs_dir, show_progress=False, only=only) != 0:
             raise RuntimeError(f"training did not complete; see devrl sweep status {runs_dir}")
@@ -877,6 +871,10 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
             digests[digest_name(config)] = make_digest(run_dir_for(runs_dir, config), config,
                                                        probe, scale, root / digest_name(config))
         write_digest_index(root)
+    held = [c for _, c in spec.configs() if digests[digest_name(c)] is not None]
+    if not held:
+        raise ConfigError(f"no run of the reward sweep has a digest in {root}: train and "
+                          "digest some first (devrl sweep, devrl digest)")
     control_config = config_from_dict(control.manifest["runs"][0]["config"])
 
     episodes = [control.episodes.assign(
@@ -893,7 +891,6 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         network.append(table.assign(variant=CONTROL, seed=seed))
         probe_rows.append(probe_policy_rows(probs, probe, CONTROL, seed))
         policies[(CONTROL, seed)] = {u: np.asarray(p)[subset] for u, p in probs.items()}
-    held = [c for _, c in spec.configs() if digests[digest_name(c)] is not None]
     for config in held:
         digest = digests[digest_name(config)]
         episodes.append(digest["episodes"])
