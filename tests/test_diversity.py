@@ -297,13 +297,43 @@ def test_prose_helpers_name_missing_structures_and_the_kind_of_each_prediction()
     table = pd.DataFrame({"variant": ["no_plant", "default"], "x": [1.234, 2.0],
                           "x_sd": [0.1, 0.25]})
     assert study.listing(table, "x", ".1f") == (
-        "`default` 2.0 ± 0.2, `no_plant` 1.2 ± 0.1 (`every_plant` and `plant_x4`: no run yet)")
-    assert study.listing(table, "x", ".2f", sd=False, variants=["no_plant"]) == "`no_plant` 1.23"
+        "default 2.0 ± 0.2, no_plant 1.2 ± 0.1 (every_plant and plant_x4: no run yet)")
+    assert study.listing(table, "x", ".2f", sd=False, variants=["no_plant"]) == "no_plant 1.23"
     manifest = {"planned": ["no_plant-seed_0", "no_plant-seed_1", "plant_x4-seed_0"],
                 "held": ["no_plant-seed_1"]}
-    assert study.holding(manifest) == ("1 of the 3 planned variant runs (`no_plant` 1 of 2 seeds; "
-                                    "`plant_x4` 0 of 1 seeds)")
+    assert study.holding(manifest) == ("1 of the 3 planned variant runs (no_plant 1 of 2 seeds; "
+                                    "plant_x4 0 of 1 seeds)")
     said = study.stated({"p1": "held", "p2": "untested", "p3": "did not hold"})
     assert said == {"p1": "held (exploratory)", "p2": "untested (it would be a test)",
                     "p3": "did not hold (a test)"}
     assert set(study.PREDICTION_KIND) == {f"p{i}" for i in range(1, 8)}
+    # p-values of a null of 2,000 draws: none below 1/2000 is resolved
+    assert [study.p_text(p, 2000) for p in (0.0, 0.0004, 0.0005, 0.0123)] == [
+        "p < 0.0005", "p < 0.0005", "p = 0.001", "p = 0.012"]
+
+
+# ------------------------------------------------------------------ the committed study
+def test_every_published_interval_contains_its_estimate_and_the_base_coverage_is_the_rule():
+    """data/diversity-cpu (skipped until it is committed): every 90% interval of the strategy
+    Hill numbers contains its point estimate, and every checkpoint is compared at one common
+    coverage, which each reaches within twice its number of episodes (the rule for C*)."""
+    from pathlib import Path
+
+    from devrl.datasets import open_data_set
+
+    folder = Path(__file__).resolve().parents[1] / "data" / "diversity-cpu"
+    if not (folder / "manifest.json").exists():
+        pytest.skip("data/diversity-cpu is not committed")
+    open_data_set(folder, "cpu")
+    table = pd.read_parquet(folder / "checkpoints.parquet")
+    checked = 0
+    for q in (0, 1, 2):
+        for kind in ("", "_asy", "_cov"):
+            value = table[f"d{q}{kind}"]
+            finite = np.isfinite(value)
+            assert (table.loc[finite, f"d{q}{kind}_low"] <= value[finite] + 1e-9).all(), (q, kind)
+            assert (value[finite] <= table.loc[finite, f"d{q}{kind}_high"] + 1e-9).all(), (q, kind)
+            checked += int(finite.sum())
+    assert checked > 0.9 * 9 * len(table)
+    assert table["base_coverage"].nunique() == 1
+    assert (table["m_cov"] <= 2 * table["episodes"]).all()

@@ -141,33 +141,41 @@ def estimated_assemblage(x: np.ndarray) -> np.ndarray:
     return np.concatenate([shares, np.full(f0, (1 - c) / f0)])
 
 
-def intervals(counts: Sequence[float] | np.ndarray, level: float = 0.9,
-              bootstrap: int = BOOTSTRAP, seed: int = BOOTSTRAP_SEED
-              ) -> dict[int, tuple[float, float, float]]:
-    """{q: (estimate, low, high)} for q = 0, 1, 2 at `level`; each interval contains its
-    estimate by construction."""
+def _with_intervals(x: np.ndarray, statistic, level: float, bootstrap: int, seed: int
+                    ) -> dict[int, tuple[float, float, float]]:
+    """{q: (estimate, estimate − z·se, estimate + z·se)} of `statistic` (counts → {q: value}) at
+    `level`, the se over `bootstrap` samples of n individuals from the estimated assemblage (the
+    lower end at least 1, which every D_q is)."""
     if not 0 < level < 1:
         raise ConfigError(f"level={level!r} is not allowed: must be in (0, 1)")
-    x = _counts(counts)
-    point = estimates(x)
+    point = statistic(x)
     assemblage = estimated_assemblage(x)
     rng = np.random.default_rng(seed)
     n = int(x.sum())
     draws = {q: [] for q in point}
     for _ in range(bootstrap):
         sample = rng.multinomial(n, assemblage)
-        sample = sample[sample > 0]
-        for q, value in estimates(sample).items():
+        for q, value in statistic(sample[sample > 0]).items():
             draws[q].append(value)
     z = float(norm.ppf(0.5 + level / 2))
     out = {}
     for q, value in point.items():
         finite = np.asarray([d for d in draws[q] if math.isfinite(d)])
         se = float(finite.std(ddof=1)) if len(finite) > 1 else math.inf
-        low, high = value - z * se, value + z * se
-        if q == 0:
-            low = max(low, float(len(x)))
-        out[q] = (value, max(low, 1.0), high)
+        out[q] = (value, max(value - z * se, 1.0), value + z * se)
+    return out
+
+
+def intervals(counts: Sequence[float] | np.ndarray, level: float = 0.9,
+              bootstrap: int = BOOTSTRAP, seed: int = BOOTSTRAP_SEED
+              ) -> dict[int, tuple[float, float, float]]:
+    """{q: (estimate, low, high)} of the asymptotic estimates for q = 0, 1, 2 at `level`; each
+    interval contains its estimate by construction, and D0's never reaches below the types
+    seen."""
+    x = _counts(counts)
+    out = _with_intervals(x, estimates, level, bootstrap, seed)
+    value, low, high = out[0]
+    out[0] = (value, max(low, float(len(x))), high)
     return out
 
 
@@ -268,23 +276,4 @@ def standardised(counts: Sequence[float] | np.ndarray, m: int, level: float = 0.
     """{q: (D_q at sample size m, low, high)}: the interval is estimate ± z·se, the se from
     `bootstrap` samples of n individuals drawn from the estimated assemblage, each taken to the
     same m (as iNEXT does); it contains its estimate by construction."""
-    if not 0 < level < 1:
-        raise ConfigError(f"level={level!r} is not allowed: must be in (0, 1)")
-    x = _counts(counts)
-    point = diversity_at(x, m)
-    assemblage = estimated_assemblage(x)
-    rng = np.random.default_rng(seed)
-    n = int(x.sum())
-    draws = {q: [] for q in point}
-    for _ in range(bootstrap):
-        sample = rng.multinomial(n, assemblage)
-        sample = sample[sample > 0]
-        for q, value in diversity_at(sample, m).items():
-            draws[q].append(value)
-    z = float(norm.ppf(0.5 + level / 2))
-    out = {}
-    for q, value in point.items():
-        finite = np.asarray([d for d in draws[q] if math.isfinite(d)])
-        se = float(finite.std(ddof=1)) if len(finite) > 1 else math.inf
-        out[q] = (value, max(value - z * se, 1.0), value + z * se)  # D_q >= 1 for m >= 1
-    return out
+    return _with_intervals(_counts(counts), lambda x: diversity_at(x, m), level, bootstrap, seed)

@@ -489,13 +489,7 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
                for _, c in spec.configs()}
     missing = [c for _, c in spec.configs() if digests[digest_name(c)] is None]
     planned = [digest_name(c) for _, c in spec.configs()]
-    if missing and not train:
-        held = [c for _, c in spec.configs() if digests[digest_name(c)] is not None]
-        if not held:
-            raise ConfigError(f"no run of the reward sweep has a digest in {root}: train and "
-                              "digest some first (devrl sweep, devrl digest)")
-        missing = []
-    if missing:
+    if missing and train:
         only = {run_name(c) for c in missing}
         if run_sweep(spec, runs_dir, show_progress=False, only=only) != 0:
             raise RuntimeError(f"training did not complete; see devrl sweep status {runs_dir}")
@@ -505,6 +499,10 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
             digests[digest_name(config)] = make_digest(run_dir_for(runs_dir, config), config,
                                                        probe, scale, root / digest_name(config))
         write_digest_index(root)
+    held = [c for _, c in spec.configs() if digests[digest_name(c)] is not None]
+    if not held:
+        raise ConfigError(f"no run of the reward sweep has a digest in {root}: train and "
+                          "digest some first (devrl sweep, devrl digest)")
     control_config = config_from_dict(control.manifest["runs"][0]["config"])
 
     episodes = [control.episodes.assign(
@@ -521,7 +519,6 @@ def study_tables(scale: str, runs_dir, control, seeds: list[int] | None = None, 
         network.append(table.assign(variant=CONTROL, seed=seed))
         probe_rows.append(probe_policy_rows(probs, probe, CONTROL, seed))
         policies[(CONTROL, seed)] = {u: np.asarray(p)[subset] for u, p in probs.items()}
-    held = [c for _, c in spec.configs() if digests[digest_name(c)] is not None]
     for config in held:
         digest = digests[digest_name(config)]
         episodes.append(digest["episodes"])
@@ -585,17 +582,17 @@ def mean_sd(frame: pd.DataFrame, column: str, by: str = "variant") -> pd.DataFra
 
 def listing(table: pd.DataFrame, column: str, spec: str = ".2f", sd: bool = True,
             variants: Sequence[str] = VARIANT_ORDER) -> str:
-    """The value of `column` per reward structure, in `VARIANT_ORDER`, for the prose: "`default`
-    1.23 ± 0.45, `no_plant` 0.98 ± 0.10, …" (mean ± sd over seeds from the columns `column`
-    and `column`_sd of `table`, one row per `variant`); a structure the table lacks is named as
-    having no run yet."""
+    """The value of `column` per reward structure, in `VARIANT_ORDER`, for the prose (glued text
+    shows no markup): "default 1.23 ± 0.45, no_plant 0.98 ± 0.10, …" (mean ± sd over seeds from
+    the columns `column` and `column`_sd of `table`, one row per `variant`); a structure the
+    table lacks is named as having no run yet."""
     rows = table.set_index("variant")
     parts, absent = [], []
     for variant in variants:
         if variant not in rows.index:
-            absent.append(f"`{variant}`")
+            absent.append(variant)
             continue
-        text = f"`{variant}` {format(float(rows.loc[variant, column]), spec)}"
+        text = f"{variant} {format(float(rows.loc[variant, column]), spec)}"
         if sd:
             text += f" ± {format(float(rows.loc[variant, f'{column}_sd']), spec)}"
         parts.append(text)
@@ -603,6 +600,16 @@ def listing(table: pd.DataFrame, column: str, spec: str = ".2f", sd: bool = True
     if absent:
         out += f" ({' and '.join(absent)}: no run yet)"
     return out
+
+
+def p_text(p: float, draws: int) -> str:
+    """A null-distribution p-value for the prose, rounded to what `draws` null draws resolve:
+    "p = 0.012", or "p < 0.0005" where no draw reached the observed value."""
+    if not np.isfinite(p):
+        return "p undefined"
+    if p * draws < 1:
+        return f"p < {format(1 / draws, '.1g')}"
+    return f"p = {p:.3f}"
 
 
 def holding(manifest: dict[str, Any]) -> str:
@@ -615,7 +622,7 @@ def holding(manifest: dict[str, Any]) -> str:
         per.setdefault(variant, [0, 0])
         per[variant][0] += 1
         per[variant][1] += name in held
-    detail = "; ".join(f"`{v}` {h} of {p} seeds" for v, (p, h) in per.items())
+    detail = "; ".join(f"{v} {h} of {p} seeds" for v, (p, h) in per.items())
     return f"{len(held)} of the {len(planned)} planned variant runs ({detail})"
 
 
