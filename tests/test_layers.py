@@ -4,6 +4,8 @@ through the package. Every import counts, those inside functions too: an import 
 function to dodge a circle is still an arrow."""
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 import devrl
@@ -128,3 +130,55 @@ def test_no_import_circle():
 def test_the_layers_name_every_module():
     for name in modules():
         layer_of(name)  # raises for a module outside every layer
+
+
+# ------------------------------------------------------------------ names that outlive a move
+ROOT = PACKAGE.parents[1]
+DOTTED = re.compile(r"\bdevrl(?:\.[A-Za-z_]\w*)+")
+CELL = re.compile(r"```\{code-cell\}[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def resolves(dotted: str) -> bool:
+    """Whether `devrl.a.b.c` names a module, or an attribute of the longest module prefix."""
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attribute in parts[k:]:
+            if not hasattr(obj, attribute):
+                return False
+            obj = getattr(obj, attribute)
+        return True
+    return False
+
+
+def referenced_names() -> list[tuple[str, str]]:
+    """(where, dotted name) for every name of the package imported by the notebooks' cells,
+    the tests and the package, and every `devrl.x.y` written in the prose, the README, the
+    Makefile and the package's strings (`python -m devrl.book.vendor`, error messages)."""
+    found = []
+    sources = [(p, p.read_text()) for p in sorted((ROOT / "tests").glob("*.py"))]
+    sources += [(p, p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))]
+    sources += [(p, "\n".join(line for cell in CELL.findall(p.read_text())
+                              for line in cell.splitlines() if not line.startswith(":")))
+                for p in sorted((ROOT / "notebooks").glob("*.md"))]
+    for path, text in sources:
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.ImportFrom) and not node.level and \
+                    (node.module or "").startswith("devrl"):
+                found += [(path.name, f"{node.module}.{a.name}") for a in node.names]
+            elif isinstance(node, ast.Import):
+                found += [(path.name, a.name) for a in node.names if a.name.startswith("devrl")]
+    prose = [*ROOT.glob("*.md"), *(ROOT / "book").glob("*.md"), *(ROOT / "notebooks").glob("*.md"),
+             ROOT / "Makefile", *PACKAGE.rglob("*.py")]
+    for path in prose:
+        found += [(path.name, m.group(0)) for m in DOTTED.finditer(path.read_text())]
+    return found
+
+
+def test_every_name_of_the_package_that_code_notebooks_or_prose_refer_to_exists():
+    missing = sorted({f"{where}: {name}" for where, name in referenced_names()
+                      if not resolves(name)})
+    assert not missing, "names that no longer exist (moved?):\n" + "\n".join(missing)
