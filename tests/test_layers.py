@@ -8,6 +8,8 @@ import importlib
 import re
 from pathlib import Path
 
+import pytest
+
 import devrl
 
 PACKAGE = Path(devrl.__file__).resolve().parent
@@ -182,3 +184,20 @@ def test_every_name_of_the_package_that_code_notebooks_or_prose_refer_to_exists(
     missing = sorted({f"{where}: {name}" for where, name in referenced_names()
                       if not resolves(name)})
     assert not missing, "names that no longer exist (moved?):\n" + "\n".join(missing)
+
+
+def test_git_ignores_no_source_file_of_the_package():
+    """A `.gitignore` pattern that matches a package folder (`runs/` once hid devrl/runs/) leaves
+    its modules out of every commit while the tests still pass on the machine that has them."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "--others", "--ignored", "--exclude-standard",
+         "--", "src", "notebooks", "book", "tests"],
+        capture_output=True, text=True, check=True).stdout.split()
+    sources = [p for p in ignored if p.endswith((".py", ".md", ".yaml", ".js", ".css", ".bib"))
+               and "__pycache__" not in p and "/_static/vendor/" not in p]
+    assert not sources, "source files git ignores:\n" + "\n".join(sources)
