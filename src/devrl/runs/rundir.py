@@ -23,25 +23,20 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
-import io
-import itertools
 import json
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from devrl.core.base import ConfigError
+from devrl.core.base import ConfigError, atomic_write_json
 from devrl.core.config import TrainConfig, config_from_dict, loads_strict
 
 # Files of a run directory that change after training or only serve resume: not checksummed.
