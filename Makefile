@@ -26,10 +26,12 @@ $(VENDOR): $(STAMP) src/devrl/book/vendor.py
 	$(BIN)/python -m devrl.book.vendor
 
 ## Execute every notebook from the committed data/ and build the website into _build/html.
-## The execution cache is cleared whenever src/, data/ or the installed packages change.
+## The execution cache is cleared whenever src/, data/, _toc.yml (figure numbers) or the installed
+## packages change. The book's extension (book/_ext/devrl_book.py) copies each figure's SVG, PNG
+## and CSV into the site.
 book: setup
 	@mkdir -p _build
-	@hash=$$( (find src data -type f -not -path '*/__pycache__/*' -print0 | sort -z | \
+	@hash=$$( (find src data _toc.yml -type f -not -path '*/__pycache__/*' -print0 | sort -z | \
 	  xargs -0 sha256sum; $(BIN)/pip freeze) | sha256sum | cut -d' ' -f1); \
 	if [ ! -f $(INPUTS_HASH) ] || [ "$$(cat $(INPUTS_HASH))" != "$$hash" ] || \
 	   [ -z "$$(ls _build/figures 2>/dev/null)" ]; then \
@@ -38,8 +40,7 @@ book: setup
 	echo $$hash > $(INPUTS_HASH).new
 	$(BIN)/jupyter-book build . --all --warningiserror --nitpick --keep-going
 	@mv $(INPUTS_HASH).new $(INPUTS_HASH)
-	@mkdir -p _build/html/figures && cp _build/figures/*.svg _build/figures/*.png _build/html/figures/
-	@echo "Book: _build/html/index.html; figures as SVG and PNG: _build/html/figures/"
+	@echo "Book: _build/html/index.html; figures as SVG, PNG and CSV: _build/html/figures/"
 
 ## Rerun one figure: make figure NAME=plant-overshoot ARGS='-p seeds "[0]"'
 figure: setup

@@ -386,6 +386,106 @@ def test_book_pages_render_their_charts_offline(built_book):
             assert number in intro
 
 
+LAYOUT_CHECK = (Path(__file__).with_name("layout_check.js")).read_text()
+WIDTHS = (1400, 400)  # a desktop window and a phone
+DESKTOP_SCALE = 0.9  # at 1400 px a chart is drawn at least this large (its text stays readable)
+
+
+def layout_report(page: Path, width: int) -> dict:
+    """What tests/layout_check.js finds on `page` read in a frame `width` px wide (headless
+    Chromium cannot make its window narrower than 500 px), with all network blocked."""
+    copy = page.with_name(page.stem + ".layout-check.html")
+    copy.write_text(page.read_text().replace("</body>", f"<script>{LAYOUT_CHECK}</script></body>"))
+    harness = page.with_name(page.stem + f".layout-{width}.html")
+    harness.write_text(
+        f'<html><body style="margin:0"><iframe src="{copy.name}" '
+        f'style="width:{width}px;height:1000px;border:0"></iframe><script>'
+        'window.addEventListener("message", function (e) { var p = document.createElement("pre");'
+        ' p.id = "devrl-report"; p.textContent = e.data; document.body.appendChild(p); });'
+        "</script></body></html>")
+    try:
+        dom = subprocess.run(
+            [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
+             "--host-resolver-rules=MAP * ~NOTFOUND", f"--window-size={width + 100},1100",
+             "--virtual-time-budget=20000", "--dump-dom", harness.as_uri()],
+            capture_output=True, text=True, timeout=180, check=False).stdout
+    finally:
+        copy.unlink()
+        harness.unlink()
+    found = re.search(r'<pre id="devrl-report"[^>]*>(.*?)</pre>', dom, flags=re.DOTALL)
+    assert found, f"{page.name}: the layout check reported nothing at {width} px"
+    import html
+
+    return json.loads(html.unescape(found.group(1)))
+
+
+def book_pages(built: Path) -> list[Path]:
+    return sorted(p for p in built.rglob("*.html") if "_static" not in p.parts
+                  and p.name not in ("genindex.html", "search.html", "index.html"))
+
+
+@pytest.mark.slow
+def test_every_page_fits_a_desktop_and_a_phone(built_book):
+    """No chart overflows its container or the text column, no panel, axis, legend or title is
+    cut off, no page scrolls sideways, every chart has a text alternative, at 1400 px no chart
+    is shrunk below DESKTOP_SCALE and no display equation needs scrolling."""
+    problems, smallest = [], {}
+    for page in book_pages(built_book):
+        for width in WIDTHS:
+            report = layout_report(page, width)
+            assert report["width"] == width
+            name = page.relative_to(built_book).as_posix()
+            problems += [f"{name} at {width} px: {p}" for p in report["problems"]]
+            for chart in report["charts"]:
+                if "figure" in chart:
+                    smallest[(width, chart["figure"])] = chart["scale"]
+                    if width == WIDTHS[0] and chart["scale"] < DESKTOP_SCALE:
+                        problems.append(f"{name} at {width} px: {chart['figure']} is drawn at "
+                                        f"{chart['scale']:.2f} of its size")
+                elif width == WIDTHS[0]:
+                    problems.append(f"{name} at {width} px: equation {chart['equation']} "
+                                    "scrolls")
+    assert not problems, "\n".join(problems)
+    assert {f for _, f in smallest} >= {FIGURES[n] for n in PUBLISHED}  # every chart measured
+
+
+def test_layout_check_catches_a_chart_that_overflows(built_book, tmp_path):
+    """The check itself: a page whose chart is forced wider than the column fails it."""
+    page = built_book / f"notebooks/{PUBLISHED[0]}.html"
+    broken = page.with_name("broken-layout.html")
+    broken.write_text(page.read_text().replace(
+        "</head>", "<style>.devrl-chart svg { max-width: none !important; width: 2000px; }"
+        "</style></head>"))
+    try:
+        problems = layout_report(broken, 1400)["problems"]
+    finally:
+        broken.unlink()
+    assert any("wider than its container" in p for p in problems), problems
+
+
+def test_every_figure_has_its_cite_box_and_downloads(built_book):
+    from devrl.book.cite import figures
+
+    footer = re.compile(r"version [\d.]+ · commit [0-9a-f]{12}(\+changes)? · built \d{4}-\d\d-\d\d")
+    for figure in figures():
+        page = (built_book / f"{figure.document}.html").read_text()
+        box = re.search(rf'<div class="devrl-cite" data-figure="{figure.name}">(.*?)</div>',
+                        page, flags=re.DOTALL)
+        assert box, figure.name
+        assert f"Figure {figure.number} · download" in box.group(1)
+        assert f"title = {{Figure {figure.number}: " in box.group(1)
+        for kind in ("svg", "png", "csv"):
+            assert f'href="../figures/{figure.name}.{kind}"' in box.group(1)
+            assert (built_book / "figures" / f"{figure.name}.{kind}").stat().st_size > 0
+        svg = (built_book / "figures" / f"{figure.name}.svg").read_text()
+        assert f"Figure {figure.number}" in svg, figure.name  # the export names its number
+        assert footer.search(page), figure.document
+    cite = (built_book / "book/cite.html").read_text()
+    assert "@misc" in cite and "devrl-figure-list" in cite
+    assert cite.count("<tr>") == len(figures()) + 1
+
+
 def page_text(page: Path) -> str:
     """A built page's text: tags dropped, entities decoded, whitespace collapsed."""
     import html

@@ -1,5 +1,6 @@
 """One Altair theme, a mean-and-band chart helper, and publishing a figure: glued for the book,
-rendered offline in the browser from the vendored Vega bundle, and exported as SVG and PNG."""
+rendered offline in the browser from the vendored Vega bundle, and exported as SVG and PNG
+(titled with the figure's number) and as CSV (the data it plots)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ def devrl_theme() -> alt.theme.ThemeConfig:
             "view": {"continuousWidth": 520, "continuousHeight": 260, "stroke": None},
             "axis": {"labelFontSize": 12, "titleFontSize": 13, "grid": True,
                      "gridColor": "#e6e6e6", "titleFontWeight": "normal"},
+            # Swatches are opaque even where the series is drawn as a pale band, so lines that
+            # differ in colour can be told apart in the legend.
             "legend": {"labelFontSize": 12, "titleFontSize": 12, "orient": "bottom",
-                       "direction": "horizontal"},
+                       "direction": "horizontal", "symbolOpacity": 1, "symbolStrokeWidth": 3},
             "header": {"labelFontSize": 12, "titleFontSize": 13},
             "title": {"fontSize": 14, "anchor": "start", "fontWeight": "normal"},
             "range": {"category": PALETTE},
@@ -81,14 +84,101 @@ def mean_band(frame: pd.DataFrame, x: str, x_title: str, y_title: str,
     return alt.layer(band, line).properties(width=width, height=height)
 
 
+def _title_text(title: Any) -> str:
+    if isinstance(title, dict):
+        title = title.get("text", "")
+    if isinstance(title, list):
+        title = " ".join(str(t) for t in title)
+    return str(title or "")
+
+
+def describe_chart(spec: dict[str, Any]) -> str:
+    """A text alternative for a chart: its title, then what each panel plots against what and
+    how series are told apart, from the spec's encodings (axis titles, else field names)."""
+    pairs: list[str] = []
+    untitled: list[str] = []  # pairs named by field only (e.g. a band's line layer)
+    series: list[str] = []
+
+    def channel(encoding: dict[str, Any], name: str) -> tuple[str, bool]:
+        enc = encoding.get(name)
+        if not isinstance(enc, dict):
+            return "", False
+        title = _title_text(enc.get("title"))
+        return (title, True) if title else (str(enc.get("field", "") or ""), False)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            encoding = node.get("encoding")
+            if isinstance(encoding, dict):
+                (x, x_titled), (y, y_titled) = channel(encoding, "x"), channel(encoding, "y")
+                if x and y:
+                    target = pairs if x_titled and y_titled else untitled
+                    if f"{y} against {x}" not in target:
+                        target.append(f"{y} against {x}")
+                for name in ("color", "strokeDash", "shape"):
+                    label, _ = channel(encoding, name)
+                    if label and label not in series:
+                        series.append(label)
+            for key, value in node.items():
+                if key not in ("data", "datasets", "config"):
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(spec)
+    pairs = pairs or untitled
+    text = _title_text(spec.get("title")) or "Chart"
+    if pairs:
+        text += ". Plots " + "; ".join(pairs)
+    if series:
+        text += ". Series by " + ", ".join(series)
+    return text + "."
+
+
+TITLE_WIDTH = 72  # characters per line of a chart's title (Vega does not wrap titles)
+
+
+def wrap_titles(node: Any) -> Any:
+    """Break every title and subtitle of a spec into lines of at most `TITLE_WIDTH` characters:
+    an unwrapped title widens the whole drawing to its own length."""
+    import textwrap
+
+    def lines(text: Any) -> Any:
+        if isinstance(text, str) and len(text) > TITLE_WIDTH:
+            return textwrap.wrap(text, TITLE_WIDTH)
+        return text
+
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "title" and isinstance(value, str):
+                out[key] = lines(value)
+            elif key == "title" and isinstance(value, dict):
+                out[key] = {**value, **{k: lines(value[k]) for k in ("text", "subtitle")
+                                        if k in value}}
+            elif key in ("data", "datasets"):
+                out[key] = value
+            else:
+                out[key] = wrap_titles(value)
+        return out
+    if isinstance(node, list):
+        return [wrap_titles(item) for item in node]
+    return node
+
+
 class Figure:
     """A chart with a stable name. It renders as HTML that calls the page's vendored `vegaEmbed`
-    (no network). In a Jupyter front end, display `figure.chart` instead (Altair's renderer)."""
+    (no network). In a Jupyter front end, display `figure.chart` instead (Altair's renderer).
+    The spec carries a `description` (a text alternative; Vega writes it as the SVG's
+    aria-label) unless the chart has one."""
 
     def __init__(self, chart: alt.TopLevelMixin, name: str):
         self.chart = chart
         self.name = name
         self.spec = chart.to_dict()
+        self.spec.setdefault("description", describe_chart(self.spec))
+        self.spec = wrap_titles(self.spec)
 
     def html(self) -> str:
         element = f"{self.name}-chart"  # one chart per figure on a page
@@ -108,26 +198,55 @@ class Figure:
         # Only HTML: in the book, glued outputs render every mime type they carry.
         return {"text/html": self.html(), "text/plain": f"<Figure {self.name}>"}
 
-    def save(self, folder: Path | None = None) -> list[Path]:
-        """Write `<name>.svg` and `<name>.png` (2x) into `folder` (default `figures_root()`)."""
-        import vl_convert as vlc
+    def data(self) -> pd.DataFrame:
+        """The data the chart plots: its one table, or its tables stacked with a `part` column
+        (1, 2, ... in the spec's order) when layers or panels plot different tables."""
+        tables = [pd.DataFrame(rows) for rows in self.spec.get("datasets", {}).values()]
+        inline = self.spec.get("data", {})
+        if isinstance(inline, dict) and "values" in inline:
+            tables.append(pd.DataFrame(inline["values"]))
+        if not tables:
+            return pd.DataFrame()
+        if len(tables) == 1:
+            return tables[0]
+        return pd.concat([t.assign(part=i) for i, t in enumerate(tables, start=1)],
+                         ignore_index=True)
 
+    def export_spec(self, number: int | None) -> dict[str, Any]:
+        """The spec of the exported SVG and PNG: titled with the figure's number when it has
+        one (outside the book a chart has no caption to carry it)."""
+        spec = json.loads(json.dumps(self.spec))
+        if number is not None:
+            title = _title_text(spec.get("title"))
+            spec["title"] = wrap_titles({"title": {
+                "text": f"Figure {number}" + (f": {title}" if title else ""),
+                "anchor": "start"}})["title"]
+        return spec
+
+    def save(self, folder: Path | None = None, number: int | None = None) -> list[Path]:
+        """Write `<name>.svg`, `<name>.png` (2x) and `<name>.csv` into `folder` (default
+        `figures_root()`); the images are titled "Figure `number`: ..." when it is given."""
+        import vl_convert as vlc
 
         folder = Path(folder) if folder else figures_root()
         folder.mkdir(parents=True, exist_ok=True)
-        svg = folder / f"{self.name}.svg"
-        png = folder / f"{self.name}.png"
-        atomic_write_bytes(svg, vlc.vegalite_to_svg(self.spec).encode())
-        atomic_write_bytes(png, vlc.vegalite_to_png(self.spec, scale=2))
-        return [svg, png]
+        svg, png, csv = (folder / f"{self.name}.{kind}" for kind in ("svg", "png", "csv"))
+        spec = self.export_spec(number)
+        atomic_write_bytes(svg, vlc.vegalite_to_svg(spec).encode())
+        atomic_write_bytes(png, vlc.vegalite_to_png(spec, scale=2))
+        atomic_write_bytes(csv, self.data().to_csv(index=False).encode())
+        return [svg, png, csv]
 
 
 def publish(chart: alt.TopLevelMixin, name: str) -> Figure:
-    """Export `chart` as SVG and PNG and glue it under `name` for a `{glue:figure}` directive."""
+    """Export `chart` as SVG, PNG and CSV (the images titled with the figure's published number)
+    and glue it under `name` for a `{glue:figure}` directive."""
     from myst_nb import glue
 
+    from devrl.book.cite import figure_number
+
     figure = Figure(chart, name)
-    figure.save()
+    figure.save(number=figure_number(name))
     glue(name, figure, display=False)
     return figure
 
