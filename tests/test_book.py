@@ -500,7 +500,8 @@ def verdict_words() -> dict[str, list[str]]:
     from devrl.studies import memory
     from devrl.studies.localisation import toy_credit_data
     from devrl.studies.memory import memory_data
-    from devrl.toys.credit import routing_verdicts
+    from devrl.measures.verdicts import status, statuses
+    from devrl.toys.credit import ROUTING_KIND, routing_verdicts
 
     data = memory_data("cpu")
     toy = toy_credit_data("cpu")
@@ -516,7 +517,35 @@ def verdict_words() -> dict[str, list[str]]:
         "notebooks/memory-probes.html": [memory.probes_verdict(data.probes)["word"]],
         "notebooks/toy-credit-routing.html": list(routing_verdicts(toy.values,
                                                                    toy.runs).values()),
+        # the findings page pastes each chapter's status (devrl.measures.verdicts.status)
+        "book/findings.html": [
+            status(memory.return_verdict(memory.return_gaps(data.training))["verdict"],
+                   memory.PREDICTION_KIND["return"]),
+            status(memory.achievement_verdict(final)["verdict"],
+                   memory.PREDICTION_KIND["achievements"]),
+            status(memory.horizon_verdict(data.horizon_summary,
+                                          data.manifest["kl_floor"])["verdict"],
+                   memory.PREDICTION_KIND["horizon"]),
+            status(memory.probes_verdict(data.probes)["verdict"],
+                   memory.PREDICTION_KIND["probes"]),
+            *statuses(routing_verdicts(toy.values, toy.runs), ROUTING_KIND).values()],
     }
+
+
+@pytest.mark.slow
+def test_the_findings_state_only_statuses_and_paste_every_one(built_book):
+    """Every "Status: ..." of the findings page and every line of the intro's summary is one of
+    the statuses of devrl.measures.verdicts (a missing glue key fails the build itself)."""
+    from devrl.measures.verdicts import STATUSES
+
+    words = "|".join(re.escape(s) for s in STATUSES)
+    findings = page_text(built_book / "book/findings.html")
+    stated = re.findall(rf"Status: ({words}|\S+)", findings)
+    assert len(stated) >= 18 and all(s in STATUSES for s in stated), stated
+    intro = page_text(built_book / "book/intro.html")
+    start = intro.index("Each line is a claim")
+    summary = intro[start:intro.index("Why this matters", start)]
+    assert len(re.findall(rf": ({words}) ?\.", summary)) == 5, summary
 
 
 @pytest.mark.slow

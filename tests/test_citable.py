@@ -76,6 +76,16 @@ def test_bibtex_names_number_version_commit_date_and_permalink():
                  "2026-12-04", "url = {p.html#fig-x}", "year = {2026}", "{{The authors}}"):
         assert text in entry, text
     assert entry.count("{") == entry.count("}")
+    # a standard parser (pybtex, which the book's bibliography already uses) reads it back
+    from pybtex.database import parse_string
+
+    parsed = parse_string(entry, "bibtex").entries["devrl-fig-x"]
+    assert parsed.type == "misc" and parsed.fields["version"] == "1.2.3"
+    assert parsed.fields["url"] == "p.html#fig-x"
+    assert parsed.fields["title"] == "Figure 7: Fifty\\_percent \\& more"
+    assert [str(p) for p in parsed.persons["author"]] == ["{The authors}"]
+    book_entry = parse_string(cite.book_bibtex(info, "https://example.org/"), "bibtex")
+    assert book_entry.entries["devrl-companion"].fields["version"] == "1.2.3"
     assert "1.2.3" in info.footer() and "abc123def456" in info.footer()
 
 

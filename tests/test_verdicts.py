@@ -77,3 +77,73 @@ def test_no_notebook_makes_up_a_verdict_word(page):
     literals = re.findall(r"""["'](held|did not hold[^"']*|holds|not held)["']""",
                           page.read_text())
     assert not literals, f"{page.stem} writes verdict words in its code: {literals}"
+
+
+# ------------------------------------------------------------------ statuses of the findings page
+def test_status_follows_the_table_of_verdict_and_kind():
+    from devrl.measures import verdicts as v
+
+    table = {("held", "test"): "established at this scale", ("held", "exploratory"): "suggested",
+             ("did not hold", "test"): "contradicted",
+             ("did not hold", "exploratory"): "not established",
+             ("did not hold in full", "test"): "not established",
+             ("untested", "test"): "not established",
+             ("untested", "exploratory"): "not established"}
+    for (verdict, kind), expected in table.items():
+        assert v.status(verdict, kind) == expected, (verdict, kind)
+    assert [v.word(x) for x in (True, False, None)] == ["held", "did not hold", "untested"]
+    assert v.statuses({"p1": "held", "p1-peak": "actor_out", "p2": "did not hold"},
+                      {"p1": "test", "p2": "exploratory"}) == {
+        "p1": "established at this scale", "p2": "not established"}
+
+
+@pytest.mark.parametrize("verdict,kind,name", [("held for the gap", "test", "verdict"),
+                                               ("held", "preregistered", "kind")])
+def test_status_refuses_words_outside_the_vocabulary(verdict, kind, name):
+    from devrl.measures import verdicts as v
+
+    with pytest.raises(ValueError, match=rf"^{name} .*allowed"):
+        v.status(verdict, kind)
+
+
+def test_every_study_kind_is_a_kind_and_memory_verdicts_use_the_vocabulary():
+    import pandas as pd
+
+    from devrl.measures.regime import RULE_KIND
+    from devrl.measures.verdicts import KINDS, VERDICTS
+    from devrl.studies import diversity, localisation, memory, training
+    from devrl.toys.credit import ROUTING_KIND
+
+    kinds = [*diversity.PREDICTION_KIND.values(), *localisation.PREDICTION_KIND.values(),
+             *memory.PREDICTION_KIND.values(), *ROUTING_KIND.values(), RULE_KIND,
+             training.OVERSHOOT_KIND]
+    assert set(kinds) <= set(KINDS)
+    # prediction 1 of the memory part: within 10% and the widest the slowest; within only; not
+    gaps = pd.DataFrame({"memory": [0, 16, 256], "mean": [10.0, 10.5, 9.5],
+                         "relative_gap": [0.0, 0.05, -0.05]})
+    judged = memory.return_verdict(gaps)
+    assert (judged["word"], judged["verdict"]) == ("held", "held")
+    judged = memory.return_verdict(gaps.assign(mean=[10.0, 9.5, 10.5]))
+    assert judged["verdict"] == "did not hold in full" and judged["word"] != "held"
+    judged = memory.return_verdict(gaps.assign(relative_gap=[0.0, 0.3, -0.05]))
+    assert judged["verdict"] == "did not hold"
+    assert {judged["verdict"]} <= set(VERDICTS)
+
+
+def test_the_overshoot_rule_needs_every_seed():
+    import pandas as pd
+
+    from devrl.studies.training import overshoot_verdict
+
+    def peaks(plants_peak, attempts_final):
+        rows = []
+        for seed, (pp, af) in enumerate(zip(plants_peak, attempts_final)):
+            rows += [{"seed": seed, "measure": "plants_placed", "peak": pp, "final": 1.0},
+                     {"seed": seed, "measure": "place_attempts", "peak": 8.0, "final": af}]
+        return pd.DataFrame(rows)
+
+    assert overshoot_verdict(peaks([2.5, 3.0], [4.0, 5.0])) == "held"
+    assert overshoot_verdict(peaks([2.5, 1.0], [4.0, 5.0])) == "did not hold"  # one plant only
+    assert overshoot_verdict(peaks([2.5, 3.0], [4.0, 8.0])) == "did not hold"  # no narrowing
+    assert overshoot_verdict(peaks([2.5], [4.0])[lambda f: f["measure"] == "plants_placed"]) \
+        == "untested"

@@ -298,6 +298,12 @@ def _stable(row: Any) -> bool:
             and abs(row["drift"]) <= MAX_DRIFT)
 
 
+# Two parts of the rule (the confinement ratio, the acceptance band of the chain-length check)
+# were changed on 2026-12-06 after the estimates had been seen: its verdicts are exploratory
+# (devrl.measures.verdicts).
+RULE_KIND = "exploratory"
+
+
 def judge(rows: pd.DataFrame, grid: RegimeGrid) -> pd.DataFrame:
     """One row per grid cell: each criterion's value and verdict, and `passes` (all of them)."""
     cells = rows[rows["kind"] == "grid"].set_index(["nbeta_factor", "localization"])

@@ -52,6 +52,7 @@ from devrl.measures.diversity import (
     strategy_labels,
     strategy_table,
 )
+from devrl.measures.verdicts import word
 from devrl.runs.rundir import (
     check_verified,
     list_checkpoints,
@@ -662,9 +663,9 @@ def stated(said: dict[str, str]) -> dict[str, str]:
     """Each verdict of `verdicts` with its prediction's kind, for the prose: "held (a test)",
     "did not hold (exploratory)", "untested (it would be a test)"."""
     out = {}
-    for key, word in said.items():
+    for key, verdict in said.items():
         kind = "a test" if PREDICTION_KIND[key] == "test" else "exploratory"
-        out[key] = f"{word} ({'it would be ' + kind if word == 'untested' else kind})"
+        out[key] = f"{verdict} ({'it would be ' + kind if verdict == 'untested' else kind})"
     return out
 
 
@@ -672,9 +673,6 @@ def verdicts(checkpoints: pd.DataFrame, jsd: pd.DataFrame, events: pd.DataFrame,
              network: pd.DataFrame, fit: pd.DataFrame | None) -> dict[str, str]:
     """The stated predictions of book/diversity.md, each judged by a fixed rule on the data:
     "held", "did not hold", or "untested" (the data to judge it is missing)."""
-    def word(ok) -> str:
-        return "untested" if ok is None else ("held" if ok else "did not hold")
-
     summary = overshoot_table(checkpoints)
     means = summary.groupby("variant").mean(numeric_only=True)
     have = set(means.index)

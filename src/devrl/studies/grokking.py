@@ -39,6 +39,7 @@ from devrl.measures import regime as rg
 from devrl.measures.llc import LLCDivergenceError, estimate_llc
 from devrl.measures.policy_llc import trace_drift
 from devrl.measures.regime import RegimeGrid
+from devrl.measures.verdicts import word
 
 SCHEDULES = {"base": 1.0, "x10": 10.0, "x50": 50.0}  # learning-rate multiplier after the switch
 
@@ -418,9 +419,6 @@ def verdicts(metrics: pd.DataFrame, llc: pd.DataFrame, turns: pd.DataFrame,
              switch_step: int) -> dict[str, str]:
     """The predictions of book/grokking.md, each judged by its stated rule: "held", "did not
     hold" or "untested" (a schedule it needs is missing)."""
-    def word(ok) -> str:
-        return "untested" if ok is None else ("held" if ok else "did not hold")
-
     summary = summary_table(metrics, llc, switch_step)
     have = set(summary["schedule"])
     by = summary.groupby("schedule")

@@ -51,6 +51,7 @@ from devrl.measures.localisation import (
     specialisation_index,
     update_stats,
 )
+from devrl.measures.verdicts import word
 from devrl.runs.rundir import sha256_file
 from devrl.toys import credit as credit_toy
 
@@ -329,15 +330,16 @@ def credit_summary(credit: pd.DataFrame) -> pd.DataFrame:
         sources_paid=("sources_paid", "mean"), seeds=("seed", "nunique")).reset_index()
 
 
+# The three predictions of book/where-behaviour-lives.md were written before any of its measures
+# ran on the agents (tests); the null for prediction 3 and its verdict came after the results
+# (exploratory). devrl.measures.verdicts gives each its status.
+PREDICTION_KIND = {"p1": "test", "p2": "test", "p3": "test", "null": "exploratory"}
 SPECIALISATION_THRESHOLD = 0.2  # prediction 3's bound on the hidden layers' index
 
 
 def verdicts(data) -> dict[str, str]:
     """The predictions of book/where-behaviour-lives.md, each judged by a fixed rule on the data
     (studies.localisation.LocalisationData): "held", "did not hold" or "untested"."""
-    def word(ok) -> str:
-        return "untested" if ok is None else ("held" if ok else "did not hold")
-
     out = {}
     moves = move_summary(data.reversion_episodes) if len(data.reversion_episodes) else None
     refs = data.references.groupby("reference")["update"].agg(lambda u: u.mode().iloc[0])

@@ -44,6 +44,7 @@ from devrl.core.memory_task import CueMemoryVecEnv
 from devrl.core.networks import initial_hidden
 from devrl.core.ppo import make_network
 from devrl.datasets import bin_updates, check_seeds, plural, runs_root, seeded_table_set
+from devrl.measures.verdicts import HELD, NOT_HELD, PARTLY, UNTESTED, word
 from devrl.runs.rundir import (
     check_verified,
     list_checkpoints,
@@ -679,6 +680,13 @@ def achievement_separation(final: pd.DataFrame, achievements: tuple[str, ...]) -
     return pd.DataFrame(rows)
 
 
+# The five predictions of book/memory.md were written before the cpu grid had trained: each is a
+# test (devrl.measures.verdicts). Each verdict function returns its prose ("word") and its
+# verdict in the book's vocabulary ("verdict").
+PREDICTION_KIND = {"return": "test", "achievements": "test", "horizon": "test",
+                   "ablation": "test", "probes": "test"}
+
+
 def achievement_verdict(final: pd.DataFrame) -> dict[str, Any]:
     """Prediction 2: no recurrent width's final success rate at drinking or making a wood
     pickaxe differs from the control's by more than the spread over seeds (the rule above)."""
@@ -689,6 +697,7 @@ def achievement_verdict(final: pd.DataFrame) -> dict[str, Any]:
              "seed)" for r in separated.itertuples()]
     return {"holds": separated.empty, "table": table,
             "word": "held" if separated.empty else "did not hold",
+            "verdict": word(separated.empty),
             "exceptions": "; ".join(names) if names else "none"}
 
 
@@ -717,15 +726,18 @@ def probes_verdict(probes: pd.DataFrame) -> dict[str, Any]:
                   else "held" if (drink["observation"] >= drink["hidden"] - 0.05).all()
                   else "did not hold")}
     if "did not hold" in parts.values():
-        word = "did not hold"
+        said = "did not hold"
     elif all(p == "untestable" for p in parts.values()):
-        word = "cannot be judged at this sample size: nothing it speaks of is decodable"
+        said = "cannot be judged at this sample size: nothing it speaks of is decodable"
     elif "untestable" in parts.values():
-        word = "held where it could be judged, and the rest cannot be judged at this sample size"
+        said = "held where it could be judged, and the rest cannot be judged at this sample size"
     else:
-        word = "held"
+        said = "held"
+    verdict = (NOT_HELD if "did not hold" in parts.values() else
+               UNTESTED if all(p == "untestable" for p in parts.values()) else
+               PARTLY if "untestable" in parts.values() else HELD)
     all_drink = means[means["variable"] == "steps_since_drink"]
-    return {"word": word, "parts": parts,
+    return {"word": said, "verdict": verdict, "parts": parts,
             "landmark_decodable": len(landmark),
             "landmark_total": int(is_landmark.sum()),
             "landmark_max": float(landmark["selectivity"].max()) if len(landmark) else
@@ -743,9 +755,11 @@ def return_verdict(gaps: pd.DataFrame) -> dict[str, Any]:
     within = bool((recurrent["relative_gap"].abs() <= 0.10).all())
     widest = int(recurrent["memory"].max())
     slowest = bool(gaps.loc[gaps["memory"] == widest, "mean"].iloc[0] == gaps["mean"].min())
-    word = ("held" if within and slowest else
+    said = ("held" if within and slowest else
             "held for the gap but not for the order" if within else "did not hold")
-    return {"word": word, "within": within, "slowest": slowest, "widest": widest}
+    verdict = HELD if within and slowest else PARTLY if within else NOT_HELD
+    return {"word": said, "verdict": verdict, "within": within, "slowest": slowest,
+            "widest": widest}
 
 
 def horizon_verdict(summary: pd.DataFrame, kl_floor: float) -> dict[str, Any]:
@@ -765,6 +779,8 @@ def horizon_verdict(summary: pd.DataFrame, kl_floor: float) -> dict[str, Any]:
     runs = summary[summary["memory"] > 0].groupby(["memory", "seed"]).ngroups
     early = bool(len(first_use) == runs and first_use.max() <= 1e5)
     return {"word": "held" if short and ordered and early else "did not hold in full",
+            "verdict": (HELD if short and ordered and early else
+                        NOT_HELD if not (short or ordered or early) else PARTLY),
             "short": short, "ordered": ordered, "kl_ordered": kl_ordered, "early": early,
             "runs": runs, "early_runs": int((first_use <= 1e5).sum()),
             "first_use_max": float(first_use.max()) if len(first_use) else float("nan")}
@@ -775,7 +791,7 @@ def ablation_verdict(final: pd.DataFrame) -> dict[str, Any]:
     the return of every recurrent run."""
     recurrent = final[final["memory"] > 0]
     held = bool((recurrent["drop"] > 0).all())
-    return {"word": "held" if held else "did not hold",
+    return {"word": "held" if held else "did not hold", "verdict": word(held),
             "positive": int((recurrent["drop"] > 0).sum()), "runs": len(recurrent)}
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from devrl.measures.verdicts import word
+
 
 def context_selectivity(probe_policy: pd.DataFrame, measure: str = "p_place_plant",
                         where_it_works: str = "sapling_facing_grass",
@@ -23,3 +25,21 @@ def context_selectivity(probe_policy: pd.DataFrame, measure: str = "p_place_plan
                                     values=measure).reset_index()
     wide["selectivity"] = wide[where_it_works] / wide[where_it_fails]
     return wide[["seed", "update", "env_steps", "selectivity"]]
+
+
+# The overshoot as a judged claim, for the findings page. The rule was written on 2026-12-06,
+# after the curves had been seen, so it is exploratory (devrl.measures.verdicts).
+OVERSHOOT_KIND = "exploratory"
+PLANTS_PAID = 1  # plants per episode the reward pays for (the achievement counts once)
+
+
+def overshoot_verdict(peaks: pd.DataFrame) -> str:
+    """"held" when in every seed (`peaks`: `datasets.peak_and_final` of plants placed and place
+    attempts per episode) plants placed per episode peak above the PLANTS_PAID the reward pays
+    for, and place attempts end below their own peak; "untested" without both measures."""
+    by = peaks.set_index(["measure", "seed"])
+    if not {"plants_placed", "place_attempts"} <= set(peaks["measure"]):
+        return word(None)
+    plants, attempts = by.loc["plants_placed"], by.loc["place_attempts"]
+    return word(bool((plants["peak"] > PLANTS_PAID).all()
+                     and (attempts["final"] < attempts["peak"]).all()))
