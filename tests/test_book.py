@@ -426,17 +426,14 @@ def book_pages(built: Path) -> list[Path]:
 
 
 # What the check still finds (measured 2026-12-06 on the built book; issue 31): charts drawn wider
-# than the 1400 px column, so the page shrinks them below DESKTOP_SCALE, and three pages that
-# scroll sideways at 400 px. Each is a known defect, not an allowance: the test fails when
-# anything else goes wrong, and when a listed defect is gone (then remove it from the list).
+# than the 1400 px column, so the page shrinks them below DESKTOP_SCALE. Each is a known defect,
+# not an allowance: the test fails when anything else goes wrong, and when a listed defect is
+# gone (then remove it from the list).
 KNOWN_LAYOUT_DEFECTS = {
-    ("notebooks/credit-by-reward.html", 1400, "scale"), ("notebooks/toy-fork.html", 1400, "scale"),
     ("notebooks/diversity-events.html", 1400, "scale"),
     ("notebooks/diversity-over-training.html", 1400, "scale"),
     ("notebooks/llc-validation.html", 1400, "scale"),
     ("notebooks/memory-horizon.html", 1400, "scale"),
-    ("book/reproduce.html", 400, "scrolls"), ("notebooks/credit-by-reward.html", 400, "scrolls"),
-    ("notebooks/llc-regime.html", 400, "scrolls"),
 }
 
 
