@@ -425,52 +425,28 @@ def book_pages(built: Path) -> list[Path]:
                   and p.name not in ("genindex.html", "search.html", "index.html"))
 
 
-# What the check still finds (measured 2026-12-06 on the built book; issue 31): charts drawn wider
-# than the 1400 px column, so the page shrinks them below DESKTOP_SCALE. Each is a known defect,
-# not an allowance: the test fails when anything else goes wrong, and when a listed defect is
-# gone (then remove it from the list).
-KNOWN_LAYOUT_DEFECTS = {
-    ("notebooks/diversity-events.html", 1400, "scale"),
-    ("notebooks/diversity-over-training.html", 1400, "scale"),
-    ("notebooks/llc-validation.html", 1400, "scale"),
-    ("notebooks/memory-horizon.html", 1400, "scale"),
-}
-
-
-def defect_kind(problem: str) -> str:
-    return ("scale" if "of its size" in problem else
-            "scrolls" if "the page scrolls sideways" in problem else problem)
-
-
 @pytest.mark.slow
 def test_every_page_fits_a_desktop_and_a_phone(built_book):
     """No chart overflows its container or the text column, no panel, axis, legend or title is
     cut off, no page scrolls sideways, every chart has a text alternative, at 1400 px no chart
-    is shrunk below DESKTOP_SCALE and no display equation needs scrolling; apart from
-    KNOWN_LAYOUT_DEFECTS, each of which must still be there."""
-    problems, smallest, found = [], {}, set()
+    is shrunk below DESKTOP_SCALE and no display equation needs scrolling."""
+    problems, smallest = [], {}
     for page in book_pages(built_book):
         for width in WIDTHS:
             report = layout_report(page, width)
             assert report["width"] == width
             name = page.relative_to(built_book).as_posix()
-            here = list(report["problems"])
+            problems += [f"{name} at {width} px: {p}" for p in report["problems"]]
             for chart in report["charts"]:
                 if "figure" in chart:
                     smallest[(width, chart["figure"])] = chart["scale"]
                     if width == WIDTHS[0] and chart["scale"] < DESKTOP_SCALE:
-                        here.append(f"{chart['figure']} is drawn at {chart['scale']:.2f} of its "
-                                    "size")
+                        problems.append(f"{name} at {width} px: {chart['figure']} is drawn at "
+                                        f"{chart['scale']:.2f} of its size")
                 elif width == WIDTHS[0]:
-                    here.append(f"equation {chart['equation']} scrolls")
-            for problem in here:
-                if (name, width, defect_kind(problem)) in KNOWN_LAYOUT_DEFECTS:
-                    found.add((name, width, defect_kind(problem)))
-                else:
-                    problems.append(f"{name} at {width} px: {problem}")
+                    problems.append(f"{name} at {width} px: equation {chart['equation']} "
+                                    "scrolls")
     assert not problems, "\n".join(problems)
-    assert found == KNOWN_LAYOUT_DEFECTS, (
-        f"fixed, so remove them from KNOWN_LAYOUT_DEFECTS: {KNOWN_LAYOUT_DEFECTS - found}")
     assert {f for _, f in smallest} >= {FIGURES[n] for n in PUBLISHED}  # every chart measured
 
 
