@@ -14,11 +14,18 @@
     var column = box(article);
     var doc = document.documentElement;
     if (doc.scrollWidth > window.innerWidth + TOLERANCE) {
-      // name the outermost elements that stick out, so the failure says what to fix
+      // name the outermost elements that stick out, so the failure says what to fix; one
+      // inside a box that scrolls or clips (a code block) cannot widen the page
       var culprits = [];
+      function clipped(el) {
+        for (var p = el.parentElement; p && p !== document.body; p = p.parentElement) {
+          if (getComputedStyle(p).overflowX !== "visible") return true;
+        }
+        return false;
+      }
       document.querySelectorAll("body *").forEach(function (el) {
         var parent = el.parentElement;
-        if (box(el).right > window.innerWidth + TOLERANCE &&
+        if (box(el).right > window.innerWidth + TOLERANCE && !clipped(el) &&
             !(parent && box(parent).right > window.innerWidth + TOLERANCE)) {
           culprits.push(el.tagName.toLowerCase() + "." + (el.className || "").toString()
                         .split(" ").join("."));
