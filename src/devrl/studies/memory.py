@@ -725,17 +725,13 @@ def probes_verdict(probes: pd.DataFrame) -> dict[str, Any]:
         "drink": ("untestable" if drink.empty
                   else "held" if (drink["observation"] >= drink["hidden"] - 0.05).all()
                   else "did not hold")}
-    if "did not hold" in parts.values():
-        said = "did not hold"
-    elif all(p == "untestable" for p in parts.values()):
-        said = "cannot be judged at this sample size: nothing it speaks of is decodable"
-    elif "untestable" in parts.values():
-        said = "held where it could be judged, and the rest cannot be judged at this sample size"
-    else:
-        said = "held"
     verdict = (NOT_HELD if "did not hold" in parts.values() else
                UNTESTED if all(p == "untestable" for p in parts.values()) else
                PARTLY if "untestable" in parts.values() else HELD)
+    said = {NOT_HELD: "did not hold", HELD: "held",
+            UNTESTED: "cannot be judged at this sample size: nothing it speaks of is decodable",
+            PARTLY: "held where it could be judged, and the rest cannot be judged at this "
+                    "sample size"}[verdict]
     all_drink = means[means["variable"] == "steps_since_drink"]
     return {"word": said, "verdict": verdict, "parts": parts,
             "landmark_decodable": len(landmark),
