@@ -754,9 +754,12 @@ class DiversityData:
     def describe(self) -> str:
         runs = [r for r in self.manifest["runs"] if r["seed"] in self.seeds]
         variants = sorted({r["variant"] for r in runs})
-        seeds = sorted({r["seed"] for r in runs})
+        per_variant = {v: sum(r["variant"] == v for r in runs) for v in variants}
+        most = max(per_variant.values(), default=0)
+        fewer = [f"{v}: {n}" for v, n in per_variant.items() if n < most]
+        seeds = f"{most} seeds" + (f" ({', '.join(fewer)})" if fewer else "")
         steps = sorted({r["env_steps_done"] for r in runs})
-        return (f"{len(variants)} reward structures ({', '.join(variants)}) × {len(seeds)} seeds "
+        return (f"{len(variants)} reward structures ({', '.join(variants)}) × {seeds} "
                 f"at the {self.scale} scale, {'/'.join(f'{s:,}' for s in steps)} env steps each")
 
 
