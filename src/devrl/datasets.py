@@ -21,7 +21,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -274,6 +274,30 @@ def mean_curve_peaks(frame: pd.DataFrame, columns: list[str], x: str = "env_step
                      f"seed_{x}_at_peak_min": float(steps.min()),
                      f"seed_{x}_at_peak_max": float(steps.max())})
     return pd.DataFrame(rows)
+
+
+def reference_updates(episodes: pd.DataFrame, updates: Sequence[int]) -> dict[str, int]:
+    """The earlier checkpoints a seed's layers are reverted to, chosen among its exported
+    `updates` from its evaluation `episodes` (one seed): `init` (update 0); `peak`, the exported
+    checkpoint with the highest PLACE_PLANT share of actions (the plant overshoot's peak, as far
+    as the exported checkpoints resolve it); `before`, the last exported checkpoint before the
+    peak whose share is above the untrained one's by less than half of the peak's excess.
+    A reference that does not exist (no rise above update 0; nothing between) is left out."""
+    share = (with_rates(episodes).groupby("update")["place_attempt_share"].mean()
+             .reindex(sorted(updates)))
+    if share.isna().any():
+        missing = [int(u) for u in share[share.isna()].index]
+        raise ConfigError(f"updates={missing} are not allowed: no evaluation episodes there")
+    out = {"init": int(share.index[0])}
+    peak = int(share.idxmax())
+    if peak == out["init"]:
+        return out
+    half = share.iloc[0] + 0.5 * (share[peak] - share.iloc[0])
+    before = [int(u) for u in share.index if out["init"] < u < peak and share[u] < half]
+    if before:
+        out["before"] = before[-1]
+    out["peak"] = peak
+    return out
 
 
 def first_reaching(frame: pd.DataFrame, column: str, threshold: float,

@@ -33,9 +33,9 @@ from devrl.datasets import (
     craftax_data,
     craftax_source,
     data_root,
+    reference_updates,
     seeded_table_set,
     table_set,
-    with_rates,
 )
 from devrl.measures.behaviour import make_episode_runner, make_probe_policy
 from devrl.measures.localisation import (
@@ -67,30 +67,6 @@ LOCALISATION_SETTINGS: dict[str, dict[str, int]] = {
     "cpu": {"episodes": 32, "max_steps": 3000, "credit_envs": 64, "credit_steps": 256},
     "paper": {"episodes": 64, "max_steps": 10000, "credit_envs": 256, "credit_steps": 256},
 }
-
-
-def reference_updates(episodes: pd.DataFrame, updates: Sequence[int]) -> dict[str, int]:
-    """The earlier checkpoints a seed's layers are reverted to, chosen among its exported
-    `updates` from its evaluation `episodes` (one seed): `init` (update 0); `peak`, the exported
-    checkpoint with the highest PLACE_PLANT share of actions (the plant overshoot's peak, as far
-    as the exported checkpoints resolve it); `before`, the last exported checkpoint before the
-    peak whose share is above the untrained one's by less than half of the peak's excess.
-    A reference that does not exist (no rise above update 0; nothing between) is left out."""
-    share = (with_rates(episodes).groupby("update")["place_attempt_share"].mean()
-             .reindex(sorted(updates)))
-    if share.isna().any():
-        missing = [int(u) for u in share[share.isna()].index]
-        raise ConfigError(f"updates={missing} are not allowed: no evaluation episodes there")
-    out = {"init": int(share.index[0])}
-    peak = int(share.idxmax())
-    if peak == out["init"]:
-        return out
-    half = share.iloc[0] + 0.5 * (share[peak] - share.iloc[0])
-    before = [int(u) for u in share.index if out["init"] < u < peak and share[u] < half]
-    if before:
-        out["before"] = before[-1]
-    out["peak"] = peak
-    return out
 
 
 def subset_name(subset: Sequence[str]) -> str:

@@ -1,0 +1,158 @@
+"""The agent, shown: the policy in designed stimulus states (`devrl.measures.designed_states`)
+over training, and its predictions.
+
+The data set `data/designed-states-<scale>/` holds, for every exported actor checkpoint of every
+seed of the Craftax data set, the policy's P(PLACE_PLANT), its most likely action and that
+action's probability in each designed state of each of `WORLDS[scale]` worlds (table `policy`),
+and each seed's reference checkpoints (table `references`: `datasets.reference_updates`, the
+plant overshoot's peak among them).
+
+The predictions (`PREDICTIONS`) and their rules (`verdicts`) were committed on 2026-12-06, before
+any designed-state probability was computed; both are tests (`PREDICTION_KIND`). They were
+written knowing the probe-set results of the plant-context chapter, which they carry over to
+states that isolate the context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from devrl.core.base import ConfigError
+from devrl.core.config import SCALES, config_from_dict
+from devrl.datasets import (
+    check_seeds,
+    control_checkpoints,
+    craftax_data,
+    craftax_source,
+    reference_updates,
+    seeded_table_set,
+)
+from devrl.measures import designed_states as ds
+from devrl.measures.behaviour import make_probe_policy
+from devrl.measures.verdicts import word
+
+WORLDS = {"smoke": 4, "cpu": 32, "paper": 64}  # worlds per designed state
+assert set(WORLDS) == set(SCALES)
+
+FAILING = ("sapling_stone", "sapling_water", "sapling_plant")  # a sapling held, planting fails
+SELECTIVITY = 2.0  # prediction 1: how many times the grass state's P must exceed the others'
+PREDICTIONS = {
+    "p1": "At the last exported checkpoint of every seed, P(PLACE_PLANT) with a sapling facing "
+          f"grass (the mean over the worlds) is at least {SELECTIVITY:g} times the largest of "
+          "the other four designed states' means.",
+    "p2": "In every seed, the mean P(PLACE_PLANT) over the three states where a sapling is held "
+          "but planting fails (facing stone, water or a plant) is higher at the seed's plant "
+          "overshoot peak than at its last exported checkpoint.",
+}
+PREDICTION_KIND = {"p1": "test", "p2": "test"}
+
+
+def policy_over_training(config, checkpoints: dict[int, Any], obs: np.ndarray,
+                         index: pd.DataFrame, per_update: int) -> pd.DataFrame:
+    """`designed_states.policy_table` at every checkpoint ({update: actor params})."""
+    policy = make_probe_policy(config)
+    windows = np.asarray(obs, np.float32)[:, None]  # windows of 1 (a recurrent policy starts
+    first = np.ones(windows.shape[:2], bool)       # from its zero state)
+    frames = []
+    for update, params in sorted(checkpoints.items()):
+        probs = np.asarray(policy(params, windows, first))
+        frames.append(ds.policy_table(probs, index).assign(
+            update=update, env_steps=update * per_update))
+    return pd.concat(frames, ignore_index=True)
+
+
+def study_tables(scale: str, control, progress=print
+                 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The designed-states data set from the Craftax data set `control` (datasets.CraftaxData)."""
+    if scale not in WORLDS:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(WORLDS)}")
+    config = config_from_dict(control.manifest["runs"][0]["config"])
+    worlds = ds.base_worlds(WORLDS[scale], config.env_name)
+    states, index = ds.designed_batch(worlds)
+    obs = ds.observations(states, config.env_name)
+    policy, references = [], []
+    for seed, loaders in control_checkpoints(control).items():
+        progress(f"designed states: seed {seed}, {len(loaders)} checkpoints")
+        checkpoints = {update: load() for update, load in loaders}
+        policy.append(policy_over_training(config, checkpoints, obs, index,
+                                           control.env_steps_per_update).assign(seed=seed))
+        refs = reference_updates(control.episodes[control.episodes["seed"] == seed],
+                                 list(checkpoints))
+        refs["last"] = max(checkpoints)
+        references.append(pd.DataFrame({"seed": seed, "reference": list(refs),
+                                        "update": list(refs.values())}))
+    return ({"policy": pd.concat(policy, ignore_index=True),
+             "references": pd.concat(references, ignore_index=True)},
+            {"worlds": WORLDS[scale], "designed_seed": ds.DESIGNED_SEED,
+             "states": {d.name: d.label for d in ds.DESIGNED_STATES},
+             "runs": [{"seed": s} for s in control.seeds]})
+
+
+def state_means(policy: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, checkpoint and designed state: P(PLACE_PLANT) averaged over the worlds."""
+    return (policy.groupby(["seed", "update", "env_steps", "state"])["p_place_plant"].mean()
+            .reset_index())
+
+
+def verdicts(policy: pd.DataFrame, references: pd.DataFrame) -> dict[str, str]:
+    """The predictions of `PREDICTIONS`, each judged on the data: "held", "did not hold", or
+    "untested" (a seed without the states or the checkpoints a rule needs)."""
+    means = state_means(policy).pivot_table(index=["seed", "update"], columns="state",
+                                            values="p_place_plant")
+    refs = references.pivot_table(index="seed", columns="reference", values="update")
+    needed = set(ds.NAMES)
+    out = {}
+    if means.empty or not needed <= set(means.columns) or "last" not in refs.columns:
+        return {"p1": word(None), "p2": word(None)}
+    last = means.loc[[(s, int(u)) for s, u in refs["last"].items()]]
+    others = last[[n for n in ds.NAMES if n != "sapling_grass"]].max(axis=1)
+    out["p1"] = word(bool((last["sapling_grass"] >= SELECTIVITY * others).all()))
+    if "peak" not in refs.columns or refs["peak"].isna().any():
+        out["p2"] = word(None)
+    else:
+        failing = means[list(FAILING)].mean(axis=1)
+        at_peak = np.array([failing[(s, int(u))] for s, u in refs["peak"].items()])
+        at_last = np.array([failing[(s, int(u))] for s, u in refs["last"].items()])
+        out["p2"] = word(bool((at_peak > at_last).all()))
+    return out
+
+
+@dataclass
+class DesignedData:
+    scale: str
+    seeds: list[int]
+    path: Path
+    manifest: dict[str, Any]
+    policy: pd.DataFrame
+    references: pd.DataFrame
+
+    def describe(self) -> str:
+        return (f"{len(ds.DESIGNED_STATES)} designed states × {self.manifest['worlds']} worlds, "
+                f"{len(self.seeds)} seeds at the {self.scale} scale")
+
+
+def designed_states_data(scale: str = "cpu", seeds: list[int] | None = None,
+                         recompute: bool = False) -> DesignedData:
+    """The designed-states data set (`seeds`, or every seed it holds); with `recompute`, rebuild
+    it from the exported checkpoints of `data/craftax-<scale>` (recomputed first if absent)."""
+    seeds = check_seeds(seeds)
+
+    def build():
+        craftax_source(scale, seeds)
+        control = craftax_data(scale, seeds)
+        tables, extra = study_tables(scale, control, progress=lambda m: print(m, flush=True))
+        return tables, {
+            "what": "the policy in designed stimulus states (one plant context each, in fresh "
+                    "worlds without creatures) at every exported checkpoint: P(PLACE_PLANT), "
+                    "the most likely action and its probability (devrl.measures.designed_states)",
+            "made_by": f"devrl figure designed-states -p scale {scale} -p recompute True",
+            **extra}
+
+    picked, manifest, folder, chosen = seeded_table_set("designed-states", scale, seeds,
+                                                        recompute, build)
+    return DesignedData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
