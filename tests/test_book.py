@@ -35,7 +35,8 @@ LOCALISATION_NOTEBOOKS = ["layer-reversion", "update-localisation", "credit-by-r
 # every notebook, published or not (the regime study reads the policy-LLC data, so it comes after)
 NOTEBOOKS = (CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS
              + MEMORY_NOTEBOOKS + DIVERSITY_NOTEBOOKS + LOCALISATION_NOTEBOOKS
-             + ["toy-credit-routing", "grokking-lr-switch", "grokking-llc", "output-llc"])
+             + ["toy-credit-routing", "grokking-lr-switch", "grokking-llc", "output-llc",
+                "designed-states"])
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
 # The data set (data/<name>-<scale>) each notebook reads.
 DATA_SETS = {**{n: "craftax" for n in CRAFTAX_NOTEBOOKS}, **{n: "llc" for n in LLC_NOTEBOOKS},
@@ -46,7 +47,8 @@ DATA_SETS = {**{n: "craftax" for n in CRAFTAX_NOTEBOOKS}, **{n: "llc" for n in L
              **{n: "diversity" for n in DIVERSITY_NOTEBOOKS},
              **{n: "localisation" for n in LOCALISATION_NOTEBOOKS},
              "toy-credit-routing": "toy-credit", "grokking-lr-switch": "grokking",
-             "grokking-llc": "grokking", "output-llc": "output-llc"}
+             "grokking-llc": "grokking", "output-llc": "output-llc",
+             "designed-states": "designed-states"}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
 # it once its cpu-scale data is committed; `only_build_toc_files` leaves the others out).
 PUBLISHED = re.findall(r"file: notebooks/([\w-]+)", (ROOT / "_toc.yml").read_text())
@@ -235,6 +237,12 @@ def test_notebook_recomputes_at_smoke_scale(name, smoke_env):
         layer_manifest = json.loads((layer / "manifest.json").read_text())
         assert [run["seed"] for run in layer_manifest["runs"]] == [0]
         assert layer_manifest["source"]["src/devrl/measures/output_llc.py"]  # provenance recorded
+    if name == "designed-states":
+        designed = Path(smoke_env["DEVRL_DATA"]) / "designed-states-smoke"
+        assert verify_manifest(designed) == []
+        designed_manifest = json.loads((designed / "manifest.json").read_text())
+        assert [run["seed"] for run in designed_manifest["runs"]] == [0]
+        assert designed_manifest["worlds"] == 4
     if name == "toy-credit-routing":
         assert verify_manifest(Path(smoke_env["DEVRL_DATA"]) / "toy-credit-smoke") == []
     if name in LLC_NOTEBOOKS:

@@ -144,3 +144,35 @@ def test_charts_with_several_tables_export_them_stacked():
     b = alt.Chart(pd.DataFrame({"x": [5], "z": [6]})).mark_point().encode(x="x", y="z")
     data = Figure(alt.layer(a, b), "fig-z").data()
     assert sorted(data["part"].unique()) == [1, 2] and len(data) == 3
+
+
+def test_reader_tables_show_integers_as_integers_and_no_index():
+    import pandas as pd
+
+    from devrl.book.plots import reader_table
+
+    frame = pd.DataFrame({"seed": [0, 1], "env steps": [81920.0, 163840.0],
+                          "p": [0.123456, 0.5], "small": [1e-5, 2e-4], "name": ["a", "b"],
+                          "gap": [1.5, float("nan")]})
+    html = reader_table(frame, digits={"p": 2}).to_html()
+    cells = re.findall(r'<td id="[^"]+" class="data row(\d) col(\d)" >([^<]*)</td>', html)
+    rows = [[c[2] for c in cells if c[0] == r] for r in "01"]
+    assert rows[0] == ["0", "81,920", "0.12", "1.00e-05", "a", "1.500"]
+    assert rows[1] == ["1", "163,840", "0.50", "2.00e-04", "b", "–"]
+    assert "row_heading" not in html  # no index column
+
+
+def test_png_data_urls_decode_to_the_image():
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from devrl.book.plots import png_data_url
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    url = png_data_url(image)
+    assert url.startswith("data:image/png;base64,")
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    assert np.array_equal(decoded, image)

@@ -267,3 +267,43 @@ def glue_words(values: dict[str, str]) -> None:
 
     for key, value in values.items():
         glue(key, str(value), display=False)
+
+
+def reader_table(frame: pd.DataFrame, digits: dict[str, int] | None = None,
+                 default_digits: int = 3):
+    """`frame` as a table for readers (a pandas Styler): no index; integer columns as integers
+    with thousands separators; floats to `digits[column]` (else `default_digits`) decimals, in
+    scientific notation when a column's magnitudes span more than what fixed decimals show
+    (nonzero values below 10^-digits or at least 10^6); missing values as an en dash. The book's
+    CSS scrolls a wide table inside its own box."""
+    digits = digits or {}
+    formats = {}
+    for column in frame.columns:
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+            continue
+        finite = values.dropna()
+        if pd.api.types.is_integer_dtype(values) or (
+                len(finite) and (finite == finite.round()).all() and finite.abs().max() < 2**53
+                and column not in digits):
+            formats[column] = "{:,.0f}"
+            continue
+        d = digits.get(column, default_digits)
+        nonzero = finite[finite != 0].abs()
+        tiny = len(nonzero) and nonzero.min() < 10 ** -d
+        huge = len(nonzero) and nonzero.max() >= 1e6
+        formats[column] = f"{{:.{max(d - 1, 1)}e}}" if tiny or huge else f"{{:,.{d}f}}"
+    return frame.style.hide(axis="index").format(formats, na_rep="–")
+
+
+def png_data_url(image) -> str:
+    """An RGB image (uint8 array [H, W, 3]) as a PNG data URL, for a chart's image marks (the
+    page loads nothing from elsewhere)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()

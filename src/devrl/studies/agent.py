@@ -24,6 +24,9 @@ import pandas as pd
 
 from devrl.core.base import ConfigError
 from devrl.core.config import SCALES, config_from_dict
+from devrl.core.envs import ACTION_NAMES
+from devrl.core.networks import initial_hidden, with_zeros_for_missing
+from devrl.core.ppo import make_network
 from devrl.datasets import (
     check_seeds,
     control_checkpoints,
@@ -56,11 +59,15 @@ def policy_over_training(config, checkpoints: dict[int, Any], obs: np.ndarray,
                          index: pd.DataFrame, per_update: int) -> pd.DataFrame:
     """`designed_states.policy_table` at every checkpoint ({update: actor params})."""
     policy = make_probe_policy(config)
+    network = make_network(config, len(ACTION_NAMES))
     windows = np.asarray(obs, np.float32)[:, None]  # windows of 1 (a recurrent policy starts
     first = np.ones(windows.shape[:2], bool)       # from its zero state)
+    hidden = initial_hidden(windows.shape[0], config.memory)
     frames = []
     for update, params in sorted(checkpoints.items()):
-        probs = np.asarray(policy(params, windows, first))
+        full = with_zeros_for_missing(network, params, hidden, np.swapaxes(windows, 0, 1),
+                                      np.swapaxes(first, 0, 1))  # an actor-only checkpoint
+        probs = np.asarray(policy(full, windows, first))
         frames.append(ds.policy_table(probs, index).assign(
             update=update, env_steps=update * per_update))
     return pd.concat(frames, ignore_index=True)
@@ -112,14 +119,24 @@ def verdicts(policy: pd.DataFrame, references: pd.DataFrame) -> dict[str, str]:
     last = means.loc[[(s, int(u)) for s, u in refs["last"].items()]]
     others = last[[n for n in ds.NAMES if n != "sapling_grass"]].max(axis=1)
     out["p1"] = word(bool((last["sapling_grass"] >= SELECTIVITY * others).all()))
-    if "peak" not in refs.columns or refs["peak"].isna().any():
-        out["p2"] = word(None)
-    else:
-        failing = means[list(FAILING)].mean(axis=1)
-        at_peak = np.array([failing[(s, int(u))] for s, u in refs["peak"].items()])
-        at_last = np.array([failing[(s, int(u))] for s, u in refs["last"].items()])
-        out["p2"] = word(bool((at_peak > at_last).all()))
+    failing = failing_by_seed(policy, references)
+    out["p2"] = word(None if failing.empty else bool((failing["peak"] > failing["last"]).all()))
     return out
+
+
+def failing_by_seed(policy: pd.DataFrame, references: pd.DataFrame) -> pd.DataFrame:
+    """Per seed (index), P(PLACE_PLANT) averaged over the worlds and the FAILING states at the
+    seed's overshoot peak (`peak`) and last checkpoint (`last`); empty when a seed lacks either
+    reference or a FAILING state is missing."""
+    means = state_means(policy).pivot_table(index=["seed", "update"], columns="state",
+                                            values="p_place_plant")
+    refs = references.pivot_table(index="seed", columns="reference", values="update")
+    if (means.empty or not set(FAILING) <= set(means.columns)
+            or not {"peak", "last"} <= set(refs.columns) or refs[["peak", "last"]].isna().any().any()):
+        return pd.DataFrame(columns=["peak", "last"])
+    failing = means[list(FAILING)].mean(axis=1)
+    return pd.DataFrame({name: [failing[(s, int(u))] for s, u in refs[name].items()]
+                         for name in ("peak", "last")}, index=refs.index)
 
 
 @dataclass
