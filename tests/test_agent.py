@@ -117,3 +117,63 @@ def test_missing_data_leaves_the_predictions_untested():
     assert agent.verdicts(policy, no_peak) == {"p1": "held", "p2": "untested"}
     no_state = policy[policy["state"] != "sapling_water"]
     assert agent.verdicts(no_state, refs) == {"p1": "untested", "p2": "untested"}
+
+
+def film_table(actions: list[str], planted: list[bool] | None = None) -> pd.DataFrame:
+    planted = planted or [False] * len(actions)
+    return pd.DataFrame({"t": range(len(actions)), "action": actions, "planted": planted})
+
+
+def test_key_frames_show_the_first_attempts_then_evenly_spaced_steps():
+    from devrl.measures.episode_film import key_frames
+
+    actions = ["noop"] * 20
+    for t in (3, 5, 9, 11):
+        actions[t] = "place_plant"
+    assert key_frames(film_table(actions), 3) == [3, 5, 9]
+    # two attempts, topped up with the evenly spaced steps 0, 19 (and not 3 or 5 twice)
+    assert key_frames(film_table(actions[:10]), 4) == [0, 3, 5, 9]
+    assert key_frames(film_table(["noop"] * 5), 3) == [0, 2, 4]
+    assert key_frames(film_table(["noop"] * 2), 6) == [0, 1]  # a short episode: all its steps
+    with pytest.raises(ConfigError, match="count=0"):
+        key_frames(film_table(actions), 0)
+
+
+def test_captions_say_whether_a_sapling_was_planted():
+    from devrl.measures.episode_film import caption
+
+    table = film_table(["place_plant", "place_plant", "do"], [True, False, False])
+    assert [caption(r) for _, r in table.iterrows()] == [
+        "t = 0: place_plant (planted)", "t = 1: place_plant (nothing)", "t = 2: do"]
+
+
+def test_a_recorded_episode_is_deterministic_and_its_table_matches_its_states():
+    from PIL import Image
+
+    from devrl.core.config import make_config
+    from devrl.core.networks import initial_hidden
+    from devrl.core.ppo import make_network
+    from devrl.measures import episode_film as ef
+
+    config = make_config("smoke")
+    network = make_network(config, len(ACTION_NAMES))
+    obs = np.zeros((1, 1, 1345), np.float32)
+    params = network.init(jax.random.PRNGKey(0), initial_hidden(1, 0), obs,
+                          np.ones((1, 1), bool))
+    states, table = ef.record_episode(config, params, 25)
+    again_states, again = ef.record_episode(config, params, 25)
+    pd.testing.assert_frame_equal(table, again)
+    assert np.array_equal(np.asarray(states.map), np.asarray(again_states.map))
+    assert len(table) == states.map.shape[0] <= 25 and list(table["t"]) == list(range(len(table)))
+    assert not table.loc[table["action"] != "place_plant", "planted"].any()
+    # the table's context is the context of the state the action was taken in
+    contexts = np.asarray(jax.vmap(plant_context)(states))
+    assert list(table["context"]) == [("sapling_facing_grass", "sapling_elsewhere",
+                                       "no_sapling")[c] for c in contexts]
+    frames = ef.annotated_frames(states, table, [0, len(table) - 1], block_pixel_size=7)
+    assert len(frames) == 2 and frames[0].dtype == np.uint8 and frames[0].shape[1] == 63
+    webp = ef.animation(frames)
+    import io
+    assert Image.open(io.BytesIO(webp)).n_frames == 2
+    with pytest.raises(ConfigError, match="max_steps=0"):
+        ef.record_episode(config, params, 0)

@@ -36,7 +36,7 @@ LOCALISATION_NOTEBOOKS = ["layer-reversion", "update-localisation", "credit-by-r
 NOTEBOOKS = (CRAFTAX_NOTEBOOKS + LLC_NOTEBOOKS + TOY_NOTEBOOKS + REGIME_NOTEBOOKS
              + MEMORY_NOTEBOOKS + DIVERSITY_NOTEBOOKS + LOCALISATION_NOTEBOOKS
              + ["toy-credit-routing", "grokking-lr-switch", "grokking-llc", "output-llc",
-                "designed-states"])
+                "designed-states", "agent-episodes"])
 FIGURES = {name: f"fig-{name}" for name in NOTEBOOKS}
 # The data set (data/<name>-<scale>) each notebook reads.
 DATA_SETS = {**{n: "craftax" for n in CRAFTAX_NOTEBOOKS}, **{n: "llc" for n in LLC_NOTEBOOKS},
@@ -48,7 +48,7 @@ DATA_SETS = {**{n: "craftax" for n in CRAFTAX_NOTEBOOKS}, **{n: "llc" for n in L
              **{n: "localisation" for n in LOCALISATION_NOTEBOOKS},
              "toy-credit-routing": "toy-credit", "grokking-lr-switch": "grokking",
              "grokking-llc": "grokking", "output-llc": "output-llc",
-             "designed-states": "designed-states"}
+             "designed-states": "designed-states", "agent-episodes": "craftax"}
 # The book publishes the notebooks its table of contents lists, in that order (a chapter joins
 # it once its cpu-scale data is committed; `only_build_toc_files` leaves the others out).
 PUBLISHED = re.findall(r"file: notebooks/([\w-]+)", (ROOT / "_toc.yml").read_text())

@@ -290,7 +290,7 @@ def reader_table(frame: pd.DataFrame, digits: dict[str, int] | None = None,
             continue
         d = digits.get(column, default_digits)
         nonzero = finite[finite != 0].abs()
-        tiny = len(nonzero) and nonzero.min() < 10 ** -d
+        tiny = len(nonzero) and nonzero.min() < 0.5 * 10 ** -d  # would show as 0
         huge = len(nonzero) and nonzero.max() >= 1e6
         formats[column] = f"{{:.{max(d - 1, 1)}e}}" if tiny or huge else f"{{:,.{d}f}}"
     return frame.style.hide(axis="index").format(formats, na_rep="–")

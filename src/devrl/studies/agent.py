@@ -36,6 +36,7 @@ from devrl.datasets import (
     seeded_table_set,
 )
 from devrl.measures import designed_states as ds
+from devrl.measures import episode_film
 from devrl.measures.behaviour import make_probe_policy
 from devrl.measures.verdicts import word
 
@@ -173,3 +174,54 @@ def designed_states_data(scale: str = "cpu", seeds: list[int] | None = None,
     picked, manifest, folder, chosen = seeded_table_set("designed-states", scale, seeds,
                                                         recompute, build)
     return DesignedData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
+
+
+FILM_STEPS = {"smoke": 40, "cpu": 300, "paper": 300}  # steps of an episode recorded at most
+
+
+@dataclass
+class Film:
+    """One recorded episode of one checkpoint (`episode_film.record_episode`)."""
+
+    reference: str  # before, peak or last (`datasets.reference_updates`)
+    update: int
+    env_steps: int
+    states: Any
+    table: pd.DataFrame
+
+
+def episode_films(control, seed: int, scale: str) -> list[Film]:
+    """One episode of seed `seed` of the Craftax data set `control` (datasets.CraftaxData) at
+    each of its checkpoints before, at and after the plant overshoot's peak (the exported
+    checkpoints `reference_updates` names `before` and `peak`, and the last), in that order;
+    the same world and sampling keys for each, at most `FILM_STEPS[scale]` steps."""
+    if scale not in FILM_STEPS:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(FILM_STEPS)}")
+    loaders = dict(control_checkpoints(control).get(seed, []))
+    if not loaders:
+        raise ConfigError(f"seed={seed!r} is not allowed: the data set holds seeds "
+                          f"{control.seeds}")
+    config = config_from_dict(control.manifest["runs"][0]["config"])
+    refs = reference_updates(control.episodes[control.episodes["seed"] == seed], list(loaders))
+    chosen = {name: refs[name] for name in ("before", "peak") if name in refs}
+    chosen["last"] = max(loaders)
+    films = []
+    for name, update in chosen.items():
+        states, table = episode_film.record_episode(config, loaders[update](), FILM_STEPS[scale])
+        films.append(Film(name, update, update * control.env_steps_per_update, states, table))
+    return films
+
+
+def film_summary(films: list[Film]) -> pd.DataFrame:
+    """Per film: its checkpoint, the steps recorded, whether the episode ended in them,
+    PLACE_PLANT attempts, saplings planted, the steps with a sapling facing grass and the
+    reward collected."""
+    from devrl.core.envs import CONTEXTS
+
+    return pd.DataFrame([{
+        "checkpoint": f.reference, "env steps": f.env_steps, "steps": len(f.table),
+        "ended": bool(f.table["done"].any()),
+        "PLACE_PLANT attempts": int((f.table["action"] == "place_plant").sum()),
+        "planted": int(f.table["planted"].sum()),
+        "steps with a sapling facing grass": int((f.table["context"] == CONTEXTS[0]).sum()),
+        "reward": float(f.table["reward"].sum())} for f in films])
