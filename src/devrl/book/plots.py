@@ -31,8 +31,11 @@ def devrl_theme() -> alt.theme.ThemeConfig:
         "config": {
             "font": FONT,
             "view": {"continuousWidth": 520, "continuousHeight": 260, "stroke": None},
+            # labelSeparation: tick labels closer than 6 px are thinned out (Vega's default 0
+            # lets log-axis labels touch, e.g. "200k300k").
             "axis": {"labelFontSize": 12, "titleFontSize": 13, "grid": True,
-                     "gridColor": "#e6e6e6", "titleFontWeight": "normal"},
+                     "gridColor": "#e6e6e6", "titleFontWeight": "normal",
+                     "labelSeparation": 6},
             # Swatches are opaque even where the series is drawn as a pale band, so lines that
             # differ in colour can be told apart in the legend.
             "legend": {"labelFontSize": 12, "titleFontSize": 12, "orient": "bottom",
