@@ -176,3 +176,10 @@ def test_png_data_urls_decode_to_the_image():
     assert url.startswith("data:image/png;base64,")
     decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
     assert np.array_equal(decoded, image)
+
+
+def test_steps_labels_read_like_the_axes():
+    from devrl.book.plots import steps_label
+
+    assert [steps_label(s) for s in (0, 512, 16384, 114688, 1048576, 7995392)] == [
+        "0", "512", "16.4k", "115k", "1.05M", "8M"]

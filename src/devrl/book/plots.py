@@ -299,6 +299,16 @@ def reader_table(frame: pd.DataFrame, digits: dict[str, int] | None = None,
     return frame.style.hide(axis="index").format(formats, na_rep="–")
 
 
+def steps_label(steps: float) -> str:
+    """Env steps as a short label, three significant digits with k or M as an axis of the book
+    writes them (d3's "~s"): 16384 -> "16.4k", 1048576 -> "1.05M", 0 -> "0"."""
+    steps = float(steps)
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(steps) >= scale:
+            return f"{steps / scale:.3g}{suffix}"
+    return f"{steps:.3g}"
+
+
 def png_data_url(image) -> str:
     """An RGB image (uint8 array [H, W, 3]) as a PNG data URL, for a chart's image marks (the
     page loads nothing from elsewhere)."""

@@ -751,6 +751,14 @@ class DiversityData:
             return tables[name]
         raise AttributeError(name)
 
+    @property
+    def env_steps_per_update(self) -> int:
+        """Env steps of one PPO update (every run of the study has the same batch)."""
+        sizes = {r["config"]["num_envs"] * r["config"]["num_steps"] for r in self.manifest["runs"]}
+        if len(sizes) != 1:
+            raise ValueError(f"the runs of {self.path} differ in env steps per update: {sizes}")
+        return sizes.pop()
+
     def describe(self) -> str:
         runs = [r for r in self.manifest["runs"] if r["seed"] in self.seeds]
         variants = sorted({r["variant"] for r in runs})
