@@ -317,3 +317,18 @@ def test_null_bad_inputs_name_the_parameter(kwargs, name):
                  **kwargs}
     with pytest.raises(ConfigError, match=rf"^{name}\b.* is not allowed"):
         simulated_null(**arguments)
+
+
+def test_shared_turns_match_turns_by_name_across_seeds():
+    from devrl.measures.dynamics import shared_turns
+
+    turns = pd.DataFrame({
+        "component": [2, 2, 2, 3], "kind": ["max", "max", "min", "max"],
+        "occurrence": [0, 0, 0, 0], "seed": [0, 1, 0, 1],
+        "env_steps": [1000, 4000, 50, 800], "progress": [0.2, 0.4, 0.1, 0.9]})
+    shared = shared_turns(turns)
+    assert list(zip(shared["component"], shared["kind"])) == [(2, "min"), (3, "max"), (2, "max")]
+    both = shared.iloc[2]
+    assert (both["seeds"], both["first"], both["last"], both["median"]) == (2, 1000, 4000, 2500)
+    assert both["progress"] == pytest.approx(0.3) and both["last / first"] == pytest.approx(4)
+    assert (both["progress_low"], both["progress_high"]) == (0.2, 0.4)

@@ -254,3 +254,32 @@ def test_confinement_is_one_for_chains_with_no_loss_and_small_for_confined_ones(
     ratios = confinement(pd.DataFrame(rows), settings)["confinement_ratio"].to_numpy()
     assert ratios[0] == pytest.approx(1.0, abs=0.03)
     assert ratios[1] < 0.5
+
+
+def test_overshoot_window_on_a_constructed_trajectory():
+    import pandas as pd
+
+    from devrl.datasets import rank_correlation
+    from devrl.studies.llc import overshoot_window
+
+    steps = [10, 100, 1000, 10000]
+    whole = pd.DataFrame({"seed": 0, "env_steps": steps, "llc": [100.0, 90.0, 110.0, 200.0],
+                          "llc_std": [1.0, 3.0, 5.0, 7.0]})
+    # the share peaks at 300 env steps: nearest estimate on a log scale is 100 (log distance
+    # 0.48 against 0.52 to 1000); the window ends at the first estimate after it, 1000
+    behaviour = pd.DataFrame({"seed": 0, "env_steps": [10, 300, 1000, 10000],
+                              "place_attempt_share": [0.05, 0.2, 0.1, 0.02]})
+    row = overshoot_window(whole, behaviour).iloc[0]
+    assert row["share_peak_steps"] == 300 and row["window_end_steps"] == 1000
+    assert row["at_share_peak"] == 90.0 and row["change_to_share_peak_pct"] == pytest.approx(-10)
+    assert row["window_checkpoints"] == 3 and row["window_chain_std"] == pytest.approx(3.0)
+    assert row["window_spread_pct"] == pytest.approx(100 * 20 / 100)
+    assert row["change_after_window_pct"] == pytest.approx(100 * (200 / 110 - 1))
+    assert (row["peak"], row["peak_steps"], row["final"]) == (200.0, 10000, 200.0)
+    # shared checkpoints 10, 1000, 10000: llc ranks 1, 2, 3 against share ranks 2, 3, 1
+    assert row["rank_correlation_with_share"] == pytest.approx(-0.5)
+    assert rank_correlation(pd.Series([1, 2, 3]), pd.Series([3, 2, 1])) == pytest.approx(-1)
+    # a share that peaks after every estimate: the window is the whole trajectory
+    late = behaviour.assign(env_steps=[10, 100, 1000, 20000],
+                            place_attempt_share=[0.0, 0.0, 0.0, 0.3])
+    assert overshoot_window(whole, late).iloc[0]["window_end_steps"] == 10000

@@ -126,3 +126,14 @@ def test_fit_recovers_the_parameters_of_a_curve_the_toy_made():
     assert fit.steps_per_update == pytest.approx(truth["steps_per_update"], rel=0.3)
     no_sharing = fit_share(steps, share, 150, -2.77, sharing=0.0)
     assert no_sharing.sharing == 0.0 and no_sharing.rmse > fit.rmse
+
+
+def test_loglog_slope_recovers_a_power_law():
+    from devrl.core.base import ConfigError
+    from devrl.toys.plant import loglog_slope
+
+    x = np.array([0.01, 0.03, 0.1, 0.3, 1.0])
+    assert loglog_slope(x, 3 * x ** -1.5) == pytest.approx(-1.5)
+    assert loglog_slope(np.append(x, -1.0), np.append(2 * x, 5.0)) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="two or more positive"):
+        loglog_slope([1.0], [2.0])

@@ -300,6 +300,12 @@ def reference_updates(episodes: pd.DataFrame, updates: Sequence[int]) -> dict[st
     return out
 
 
+def rank_correlation(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rank correlation of two series on their shared index (NaN pairs dropped)."""
+    both = pd.concat([a, b], axis=1, join="inner").dropna()
+    return float(both.iloc[:, 0].rank().corr(both.iloc[:, 1].rank()))
+
+
 def first_reaching(frame: pd.DataFrame, column: str, threshold: float,
                    x: str = "env_steps") -> pd.Series:
     """Per seed, the first `x` where `column` is at least `threshold` (NaN if never)."""

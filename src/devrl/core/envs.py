@@ -36,6 +36,10 @@ ACHIEVEMENT_NAMES = tuple(a.name.lower() for a in Achievement)
 PLACE_PLANT = Action.PLACE_PLANT.value
 DO = Action.DO.value
 CONTEXTS = ("sapling_facing_grass", "sapling_elsewhere", "no_sapling")
+# How the book names each plant context (the one mapping of the labels).
+CONTEXT_LABELS = {"sapling_facing_grass": "sapling, facing grass",
+                  "sapling_elsewhere": "sapling, elsewhere", "no_sapling": "no sapling"}
+assert tuple(CONTEXT_LABELS) == CONTEXTS
 
 
 EPISODE_FIELDS = (

@@ -316,6 +316,21 @@ class NullResult:
     margin: float
 
 
+def shared_turns(turns: pd.DataFrame) -> pd.DataFrame:
+    """The turns of several seeds (`turns_frame` rows with a `seed` column) matched by name
+    (component, kind and occurrence): per name, the seeds that have it, the first, last and
+    median env steps at which they do, its mean progress along PC1 and the range over seeds,
+    and how many times later the last seed turns than the first; sorted by the median."""
+    shared = (turns.groupby(["component", "kind", "occurrence"])
+              .agg(seeds=("env_steps", "count"), first=("env_steps", "min"),
+                   last=("env_steps", "max"), median=("env_steps", "median"),
+                   progress=("progress", "mean"), progress_low=("progress", "min"),
+                   progress_high=("progress", "max"))
+              .reset_index().sort_values("median").reset_index(drop=True))
+    shared["last / first"] = shared["last"] / shared["first"]
+    return shared
+
+
 def _integer(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise _bad(name, value, f"must be an integer >= {low}")

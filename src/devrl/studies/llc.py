@@ -28,6 +28,7 @@ from devrl.datasets import (
     data_root,
     open_data_set,
     plural,
+    rank_correlation,
     recompute_runs_dir,
     runs_root,
     seeded_table_set,
@@ -202,3 +203,42 @@ def rejudge_regime(scale: str = "cpu") -> RegimeData:
 
     tables, manifest = table_set("llc-regime", scale, True, build)
     return RegimeData(scale=scale, path=folder, manifest=manifest, **tables)
+
+
+
+def overshoot_window(whole: pd.DataFrame, behaviour: pd.DataFrame) -> pd.DataFrame:
+    """Per seed, the whole actor's estimate (`whole`: seed, env_steps, llc, llc_std) read
+    against the plant overshoot in its behaviour (`behaviour`: seed, env_steps,
+    place_attempt_share per checkpoint).
+
+    The overshoot window of a seed runs from its first estimated checkpoint up to and including
+    the first estimated one after the peak of its PLACE_PLANT share (or its last, if none is
+    after). Columns: the estimate at the first checkpoint, at the one nearest the share's peak
+    on a log scale and its change there (percent), where the share peaks and the window ends,
+    the window's checkpoints, its spread (max − min over mean, percent) and mean chain sd, the
+    estimate at the window's end and its change from there to the last checkpoint (percent), the
+    overall peak and where, the final estimate, and the rank correlation of the estimate with
+    the share over the estimated checkpoints."""
+    rows = []
+    for seed, group in whole.sort_values("env_steps").groupby("seed"):
+        share = behaviour[behaviour["seed"] == seed].set_index("env_steps")["place_attempt_share"]
+        if share.empty:
+            continue
+        peak_steps = share.idxmax()
+        at = group.set_index("env_steps")["llc"]
+        nearest = at.index[np.argmin(np.abs(np.log(at.index) - np.log(peak_steps)))]
+        after = at.index[at.index > peak_steps]
+        window_end = after[0] if len(after) else at.index[-1]
+        window = at.loc[:window_end]
+        rows.append({
+            "seed": seed, "first": at.iloc[0], "at_share_peak": at.loc[nearest],
+            "change_to_share_peak_pct": 100 * (at.loc[nearest] / at.iloc[0] - 1),
+            "share_peak_steps": peak_steps, "window_end_steps": window_end,
+            "window_checkpoints": len(window),
+            "window_spread_pct": 100 * (window.max() - window.min()) / window.mean(),
+            "window_chain_std": group.set_index("env_steps")["llc_std"].loc[:window_end].mean(),
+            "window_end": at.loc[window_end],
+            "change_after_window_pct": 100 * (at.iloc[-1] / at.loc[window_end] - 1),
+            "peak": at.max(), "peak_steps": at.idxmax(), "final": at.iloc[-1],
+            "rank_correlation_with_share": rank_correlation(at, share)})
+    return pd.DataFrame(rows)

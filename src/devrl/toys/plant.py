@@ -395,3 +395,14 @@ def fit_tables(episodes: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                                         "observed": group["share"].to_numpy(),
                                         "model": fit.fitted}))
     return pd.DataFrame(fits), pd.concat(curves, ignore_index=True)
+
+
+def loglog_slope(x, y) -> float:
+    """The least-squares slope of log y against log x: the exponent b of y ∝ x^b (e.g. how the
+    updates to the overshoot's peak scale with the learning rate). Needs two or more positive
+    pairs."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 2:
+        raise ConfigError(f"loglog_slope needs two or more positive (x, y) pairs, got {keep.sum()}")
+    return float(np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)[0])
