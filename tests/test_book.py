@@ -394,6 +394,34 @@ def test_book_pages_render_their_charts_offline(built_book):
             assert number in intro
 
 
+PAGE_BYTES = 2_000_000  # a page, its inline images included, stays under ~2 MB
+TABLE_WORDS = re.compile(r"\b(the|this|each|its) table\b|\btable (above|below)\b", re.IGNORECASE)
+
+
+def prose_text(html: str) -> str:
+    """The text of a page outside code, scripts, styles and its navigation."""
+    html = re.sub(r"<(script|style|pre|code|nav)\b.*?</\1>", " ", html, flags=re.DOTALL)
+    html = re.sub(r'<div class="(cell_input|bd-sidebar|bd-header|header-article)[^"]*".*?</div>',
+                  " ", html, flags=re.DOTALL)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+@pytest.mark.slow
+def test_prose_points_only_at_tables_on_its_page_and_pages_stay_light(built_book):
+    """A page whose prose speaks of "the table" (or one above or below) shows a table; no page
+    weighs more than PAGE_BYTES."""
+    problems = []
+    for page in book_pages(built_book):
+        html = page.read_text()
+        name = page.relative_to(built_book).as_posix()
+        if len(html.encode()) > PAGE_BYTES:
+            problems.append(f"{name} weighs {len(html.encode()):,} bytes")
+        said = TABLE_WORDS.search(prose_text(html))
+        if said and "<table" not in html:
+            problems.append(f"{name} says '{said.group(0)}' but shows no table")
+    assert not problems, "\n".join(problems)
+
+
 LAYOUT_CHECK = (Path(__file__).with_name("layout_check.js")).read_text()
 WIDTHS = (1400, 400)  # a desktop window and a phone
 DESKTOP_SCALE = 0.9  # at 1400 px a chart is drawn at least this large (its text stays readable)

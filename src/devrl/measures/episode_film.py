@@ -128,7 +128,7 @@ def annotated_frames(states: Any, table: pd.DataFrame, steps: list[int] | None =
     return out
 
 
-def animation(frames: list[np.ndarray], milliseconds: int = 120, quality: int = 70) -> bytes:
+def animation(frames: list[np.ndarray], milliseconds: int = 120, quality: int = 60) -> bytes:
     """`frames` as an animated WebP that loops (lossy at `quality`)."""
     from PIL import Image
 

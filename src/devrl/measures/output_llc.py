@@ -357,6 +357,11 @@ def study_tables(scale: str, craftax: Path, seeds: list[int] | None = None,
 
 
 # ------------------------------------------------------------------------------ verdicts
+# Both rules (validation and the quadratic check) were committed before any output-layer
+# estimate was computed (devrl.measures.verdicts).
+RULE_KIND = "test"
+
+
 def validation_verdict(estimates: pd.DataFrame) -> dict[str, Any]:
     """Whether every estimate lies within VALIDATION_TOLERANCE of its closed form."""
     worst = float(estimates["relative_error"].abs().max())

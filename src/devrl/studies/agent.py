@@ -176,7 +176,7 @@ def designed_states_data(scale: str = "cpu", seeds: list[int] | None = None,
     return DesignedData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
 
 
-FILM_STEPS = {"smoke": 40, "cpu": 300, "paper": 300}  # steps of an episode recorded at most
+FILM_STEPS = {"smoke": 40, "cpu": 250, "paper": 250}  # steps of an episode recorded at most
 
 
 @dataclass
