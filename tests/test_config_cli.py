@@ -359,3 +359,34 @@ def test_sigterm_exits_143_with_devrl_s_own_message():
     assert process.returncode == 143
     assert err.strip() == ("devrl verify: stopped by SIGTERM; rerun the same command to "
                            "resume")
+
+
+def test_figure_timeout_defaults_follow_what_the_run_does():
+    from devrl.cli import FIGURE_TIMEOUT, RECOMPUTE_TIMEOUT, figure_timeout
+
+    assert figure_timeout(None, {"scale": "cpu"}) == FIGURE_TIMEOUT
+    assert figure_timeout(None, {"recompute": True}) == RECOMPUTE_TIMEOUT > 3 * 3600
+    assert figure_timeout(120.0, {"recompute": True}) == 120.0
+    with pytest.raises(ConfigError, match="timeout=0"):
+        figure_timeout(0, {})
+
+
+def test_a_cell_that_times_out_is_reported_as_a_timeout_not_a_disk_error(tmp_path, monkeypatch):
+    from nbclient.exceptions import CellTimeoutError
+
+    from devrl import cli
+    from devrl.book import notebooks
+
+    def slow(*args, **kwargs):
+        raise CellTimeoutError("A cell timed out while it was being executed, after 5 seconds.")
+
+    monkeypatch.setattr(notebooks, "run_figure", slow)
+    args = cli.build_parser().parse_args(["figure", "plant-overshoot", "--timeout", "5"])
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.cmd_figure(args)
+    assert code == 1
+    assert "--timeout=5 seconds" in err.getvalue() and "disk" not in err.getvalue()

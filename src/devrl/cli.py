@@ -179,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar=("KEY", "VALUE"),
                         help="set a parameter; VALUE is a Python literal (3, True, [0, 1], "
                              "None) or a plain string")
-    figure.add_argument("--timeout", type=float, default=3600.0,
-                        help="seconds each cell may run (default: 3600)")
+    figure.add_argument("--timeout", type=float, default=None,
+                        help=f"seconds each cell may run (default: {FIGURE_TIMEOUT:g}, or "
+                             f"{RECOMPUTE_TIMEOUT:g} with -p recompute True, since a recompute "
+                             "at the cpu scale can train and measure for hours)")
     figure.add_argument("--list", action="store_true",
                         help="print the notebook's parameters and exit")
     figure.add_argument("--out", default=None,
@@ -364,19 +366,37 @@ def cmd_figure(args: argparse.Namespace) -> int:
         for parameter in read_parameters(notebook_path(args.name)).values():
             print(parameter.describe())
         return 0
-    _positive("timeout", args.timeout)
     values = check_overrides(args.name, [tuple(pair) for pair in args.parameter])
+    timeout = figure_timeout(args.timeout, values)
     import papermill
 
     try:
-        executed = run_figure(args.name, values, timeout=args.timeout,
+        executed = run_figure(args.name, values, timeout=timeout,
                               output_dir=Path(args.out) if args.out else None)
     except papermill.PapermillExecutionError as error:
         print(f"devrl figure: the notebook {args.name!r} failed in cell {error.exec_count}: "
               f"{error.ename}: {error.evalue}", file=sys.stderr)
         return 1
+    except TimeoutError:  # nbclient's CellTimeoutError; an OSError, but not the disk's
+        print(f"devrl figure: the notebook {args.name!r} had a cell still running after "
+              f"--timeout={timeout:g} seconds, so it was stopped; rerun with a larger --timeout "
+              "(a recompute resumes from what its runs kept)", file=sys.stderr)
+        return 1
     print(executed)
     return 0
+
+
+FIGURE_TIMEOUT = 3600.0  # seconds a cell of `devrl figure` may run, drawing from the data
+RECOMPUTE_TIMEOUT = 86400.0  # ... and with recompute=True, which may train and measure
+
+
+def figure_timeout(timeout: float | None, values: dict) -> float:
+    """The per-cell timeout of `devrl figure`: `timeout` if given (checked positive), else the
+    default for what the run does (RECOMPUTE_TIMEOUT when recompute is True)."""
+    if timeout is not None:
+        _positive("timeout", timeout)
+        return timeout
+    return RECOMPUTE_TIMEOUT if values.get("recompute") is True else FIGURE_TIMEOUT
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
