@@ -163,3 +163,10 @@ def test_resolution_words_follow_the_fraction():
     assert o.resolution_words(0.02) == "most directions are not resolved at γ/nβ"
     assert o.resolution_words(0.6).startswith("most directions are resolved")
     assert o.resolution_words(0.95).startswith("nearly every")
+
+
+def test_rule_statuses_follow_the_verdicts_of_a_test():
+    from devrl.measures.output_llc import rule_statuses
+
+    assert rule_statuses({"holds": True}, {"holds": False}) == {
+        "validation": "established at this scale", "quadratic": "contradicted"}

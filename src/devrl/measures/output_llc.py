@@ -382,6 +382,15 @@ def quadratic_verdict(checkpoints: pd.DataFrame) -> dict[str, Any]:
             "word": "stays" if holds else "does not stay"}
 
 
+def rule_statuses(validation: dict[str, Any], quadratic: dict[str, Any]) -> dict[str, str]:
+    """The findings-page status of each rule (`validation_verdict`, `quadratic_verdict`), both of
+    RULE_KIND (devrl.measures.verdicts.status)."""
+    from devrl.measures.verdicts import status, word
+
+    return {"validation": status(word(validation["holds"]), RULE_KIND),
+            "quadratic": status(word(quadratic["holds"]), RULE_KIND)}
+
+
 def resolution_words(fraction_of_half_rank: float) -> str:
     """How much of rank(H)/2 the closed form reaches at the settings, in words for the prose."""
     if fraction_of_half_rank >= 0.9:
