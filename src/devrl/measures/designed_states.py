@@ -111,21 +111,22 @@ def policy_table(probs: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
 
 def pixel_renderer(block_pixel_size: int):
     """Craftax's pixel renderer for one state, made without the messages Craftax prints while it
-    loads its textures (they would land in the book's pages)."""
+    loads its textures (they would land in the book's pages). Allowed sizes: those Craftax ships
+    textures for (7, 16, 64)."""
     import contextlib
     import io
 
     from craftax.craftax_classic.renderer import make_craftax_pixel_renderer
 
+    if block_pixel_size not in (7, 16, 64):
+        raise ConfigError(f"block_pixel_size={block_pixel_size!r} is not allowed: must be one of "
+                          "7, 16, 64 (the sizes Craftax ships textures for)")
     with contextlib.redirect_stdout(io.StringIO()):
         return make_craftax_pixel_renderer(block_pixel_size)
 
 
 def render(state: Any, block_pixel_size: int = 16) -> np.ndarray:
     """One unbatched state as Craftax draws it for a person (uint8 RGB, the 9 × 7 view and the
-    inventory below it). Allowed sizes: those Craftax ships textures for (7, 16, 64)."""
-    if block_pixel_size not in (7, 16, 64):
-        raise ConfigError(f"block_pixel_size={block_pixel_size!r} is not allowed: must be one of "
-                          "7, 16, 64 (the sizes Craftax ships textures for)")
+    inventory below it; `pixel_renderer` checks the size)."""
     pixels = jax.jit(pixel_renderer(block_pixel_size))(state)
     return np.asarray(jnp.clip(pixels, 0, 255)).astype(np.uint8)

@@ -99,9 +99,6 @@ def frames(states: Any, steps: list[int], block_pixel_size: int = 16) -> np.ndar
     """The states of `steps` drawn by Craftax's renderer (uint8 RGB [len(steps), H, W, 3])."""
     from devrl.measures.designed_states import pixel_renderer
 
-    if block_pixel_size not in (7, 16, 64):
-        raise ConfigError(f"block_pixel_size={block_pixel_size!r} is not allowed: must be one of "
-                          "7, 16, 64 (the sizes Craftax ships textures for)")
     render = jax.jit(jax.vmap(pixel_renderer(block_pixel_size)))
     picked = jax.tree.map(lambda leaf: leaf[np.asarray(steps, int)], states)
     return np.asarray(jnp.clip(render(picked), 0, 255)).astype(np.uint8)
