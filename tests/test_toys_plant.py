@@ -137,3 +137,15 @@ def test_loglog_slope_recovers_a_power_law():
     assert loglog_slope(np.append(x, -1.0), np.append(2 * x, 5.0)) == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="two or more positive"):
         loglog_slope([1.0], [2.0])
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+def test_every_scale_sweeps_enough_learning_rates_for_the_slope(scale):
+    """The notebook fits the log-log slope of the updates to the peak against the learning rate
+    at every scale (smoke included), and reads the headline learning rate's row."""
+    from devrl.toys.plant import HEADLINE, TOY_SETTINGS
+
+    rates = TOY_SETTINGS[scale]["learning_rates"]
+    assert len(set(rates)) >= 2 and HEADLINE["learning_rate"] in rates
+    assert HEADLINE["sharing"] in TOY_SETTINGS[scale]["sharings"]
+    assert HEADLINE["task"].other_reward in TOY_SETTINGS[scale]["other_rewards"]

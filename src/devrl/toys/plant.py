@@ -335,7 +335,7 @@ HEADLINE = {"task": PlantTask((0.1, 0.2, 0.7), 100, 0.002), "sharing": 0.9,
 TOY_SETTINGS: dict[str, dict] = {
     "smoke": {"steps": 200, "record_every": 10, "runs": 4, "episodes": 8,
               "sweep_steps": 400, "sharings": (0.0, 0.9), "other_rewards": (0.002,),
-              "learning_rates": (0.5,)},
+              "learning_rates": (0.5, 1.0)},
     "cpu": {"steps": 6000, "record_every": 20, "runs": 32, "episodes": 32,
             "sweep_steps": 30_000, "sharings": (0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
             "other_rewards": (0.0005, 0.001, 0.002, 0.004), "learning_rates": (0.25, 0.5, 1.0)},
