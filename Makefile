@@ -53,13 +53,18 @@ browser:
 	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 ## Run every test: unit tests, smoke-scale training, notebooks under papermill, the book build
-## and the offline browser check.
+## and the offline browser check. Two pytest-xdist workers, one per core; tests that share an
+## expensive fixture (the smoke runs, the smoke notebooks' data, the built book, a Ray cluster)
+## run on one worker, in order (tests/conftest.py). TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+
 test: setup browser
-	$(BIN)/python -m pytest -q --durations=25
+	$(PYTEST) --durations=25
 
 ## Unit tests only (no training, no book).
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 ## Throughput at the cpu-scale config (run on an idle machine).
 benchmark: setup

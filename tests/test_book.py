@@ -66,6 +66,24 @@ def test_every_notebook_has_the_shared_parameters_and_the_toc_lists_only_noteboo
         assert f":name: {FIGURES[name]}" in text and f"{{glue:figure}} {FIGURES[name]}" in text
 
 
+def test_run_details_sit_in_captions_not_in_chart_titles():
+    """What a figure shows (seeds, scale, env steps) is passed to `publish(..., runs=...)`, which
+    glues it for the caption and subtitles the exports; a chart's title stays short (a long
+    title widens the chart), and every glued `-runs` text is in its figure's caption."""
+    for name in notebook_names():
+        text = (ROOT / "notebooks" / f"{name}.md").read_text()
+        for line in text.splitlines():
+            if re.search(r"describe\(\)|\{scale\} scale|len\(\w+\.seeds\)\} seed", line):
+                assert "runs=" in line or "print(" in line, f"{name}: run details in {line!r}"
+        published = re.findall(r'publish\(chart, "(fig-[\w-]+)", runs=', text)
+        for figure in published:
+            caption = re.search(r"```\{glue:figure\} " + figure + r"\n(.*?)\n```", text, re.S)
+            assert caption and f"{{glue:text}}`{figure}-runs`" in caption.group(1), \
+                f"{name}: the caption of {figure} does not say what it shows"
+        for figure in re.findall(r"\{glue:text\}`(fig-[\w-]+)-runs`", text):
+            assert figure in published, f"{name}: {figure}-runs is glued by no publish(runs=)"
+
+
 def test_parameter_types_are_checked():
     assert matches([0, 1], "list[int]") and not matches([0, "1"], "list[int]")
     assert matches(None, "int | None") and matches(3, "int | None")

@@ -4,6 +4,7 @@ alternatives. Fast: no notebook runs here (the built book is checked in test_boo
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -137,6 +138,17 @@ def test_exports_carry_the_number_and_title_and_the_plotted_data(tmp_path):
     unnumbered = Figure(band_chart(), "fig-y")
     unnumbered.save(tmp_path)
     assert "Figure" not in (tmp_path / "fig-y.svg").read_text()
+
+
+def test_the_runs_a_figure_shows_subtitle_its_exports_but_not_its_chart(tmp_path):
+    runs = "3 seeds (0, 1, 2) at the cpu scale, 8,000,000 env steps each"
+    figure = Figure(band_chart(), "fig-x")
+    figure.save(tmp_path, number=12, runs=runs)
+    svg = (tmp_path / "fig-x.svg").read_text()
+    assert "Figure 12: A band chart" in svg and f"Data: {runs}" in svg
+    assert runs not in json.dumps(figure.spec)  # on the page, the caption carries it
+    figure.save(tmp_path, runs=runs)  # unnumbered: still subtitled
+    assert f"Data: {runs}" in (tmp_path / "fig-x.svg").read_text()
 
 
 def test_charts_with_several_tables_export_them_stacked():

@@ -215,42 +215,51 @@ class Figure:
         return pd.concat([t.assign(part=i) for i, t in enumerate(tables, start=1)],
                          ignore_index=True)
 
-    def export_spec(self, number: int | None) -> dict[str, Any]:
+    def export_spec(self, number: int | None, runs: str | None = None) -> dict[str, Any]:
         """The spec of the exported SVG and PNG: titled with the figure's number when it has
-        one (outside the book a chart has no caption to carry it)."""
+        one, and subtitled with the runs it shows (outside the book a chart has no caption to
+        carry either)."""
         spec = json.loads(json.dumps(self.spec))
-        if number is not None:
+        if number is not None or runs:
             title = _title_text(spec.get("title"))
+            if number is not None:
+                title = f"Figure {number}" + (f": {title}" if title else "")
             spec["title"] = wrap_titles({"title": {
-                "text": f"Figure {number}" + (f": {title}" if title else ""),
-                "anchor": "start"}})["title"]
+                "text": title, "anchor": "start",
+                **({"subtitle": f"Data: {runs}"} if runs else {})}})["title"]
         return spec
 
-    def save(self, folder: Path | None = None, number: int | None = None) -> list[Path]:
+    def save(self, folder: Path | None = None, number: int | None = None,
+             runs: str | None = None) -> list[Path]:
         """Write `<name>.svg`, `<name>.png` (2x) and `<name>.csv` into `folder` (default
-        `figures_root()`); the images are titled "Figure `number`: ..." when it is given."""
+        `figures_root()`); the images are titled "Figure `number`: ..." when it is given, and
+        subtitled "Data: `runs`" when that is."""
         import vl_convert as vlc
 
         folder = Path(folder) if folder else figures_root()
         folder.mkdir(parents=True, exist_ok=True)
         svg, png, csv = (folder / f"{self.name}.{kind}" for kind in ("svg", "png", "csv"))
-        spec = self.export_spec(number)
+        spec = self.export_spec(number, runs)
         atomic_write_bytes(svg, vlc.vegalite_to_svg(spec).encode())
         atomic_write_bytes(png, vlc.vegalite_to_png(spec, scale=2))
         atomic_write_bytes(csv, self.data().to_csv(index=False).encode())
         return [svg, png, csv]
 
 
-def publish(chart: alt.TopLevelMixin, name: str) -> Figure:
+def publish(chart: alt.TopLevelMixin, name: str, runs: str | None = None) -> Figure:
     """Export `chart` as SVG, PNG and CSV (the images titled with the figure's published number)
-    and glue it under `name` for a `{glue:figure}` directive."""
+    and glue it under `name` for a `{glue:figure}` directive. `runs` says what the figure shows
+    (e.g. `data.describe()`: seeds, scale, env steps): it stays out of the chart's title, is glued
+    as `<name>-runs` for the caption, and subtitles the exported images."""
     from myst_nb import glue
 
     from devrl.book.cite import figure_number
 
     figure = Figure(chart, name)
-    figure.save(number=figure_number(name))
+    figure.save(number=figure_number(name), runs=runs)
     glue(name, figure, display=False)
+    if runs:
+        glue(f"{name}-runs", str(runs), display=False)
     return figure
 
 

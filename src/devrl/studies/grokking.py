@@ -33,7 +33,7 @@ import optax
 import pandas as pd
 
 from devrl.core.base import ConfigError
-from devrl.datasets import check_seeds, seeded_table_set
+from devrl.datasets import check_seeds, plural, seeded_table_set
 from devrl.measures import dynamics
 from devrl.measures import regime as rg
 from devrl.measures.llc import LLCDivergenceError, estimate_llc
@@ -526,6 +526,12 @@ class GrokkingData:
     ed_scores: pd.DataFrame  # per schedule, seed, kept step, component: PC scores
     ed_turns: pd.DataFrame  # per schedule, seed: turns against the random-walk null
     ed_explained: pd.DataFrame  # per schedule, seed, component: variance share
+
+    def describe(self) -> str:
+        """One sentence on what was loaded, for captions and the notebooks' prose."""
+        s = self.manifest["settings"]
+        return (f"{plural(len(self.seeds), 'seed')} ({', '.join(map(str, self.seeds))}) per "
+                f"schedule at the {self.scale} scale, {s['steps']:,} steps each, p = {s['p']}")
 
 
 def grokking_data(scale: str = "cpu", seeds: list[int] | None = None,

@@ -156,6 +156,13 @@ class OutputLLCData:
     curves: pd.DataFrame  # per (seed, checkpoint, γ, nβ factor): the closed form
     spectra: pd.DataFrame  # per (seed, checkpoint, index): H's eigenvalues (float32)
 
+    def describe(self) -> str:
+        """One sentence on what was loaded, for captions and the notebooks' prose."""
+        checkpoints = self.checkpoints[self.checkpoints["seed"].isin(self.seeds)]
+        return (f"{plural(len(self.seeds), 'seed')} ({', '.join(map(str, self.seeds))}) at the "
+                f"{self.scale} scale, {plural(len(checkpoints), 'checkpoint')} in all; "
+                "hidden layers frozen")
+
 
 def output_llc_data(scale: str = "cpu", seeds: list[int] | None = None,
                     recompute: bool = False) -> OutputLLCData:
