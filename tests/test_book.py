@@ -84,6 +84,14 @@ def test_run_details_sit_in_captions_not_in_chart_titles():
             assert figure in published, f"{name}: {figure}-runs is glued by no publish(runs=)"
 
 
+def test_no_space_between_a_pasted_value_and_the_punctuation_after_it():
+    """`{glue:text}`x` ;` renders as "3 seeds ;": a template slip a reader sees."""
+    sources = [*(ROOT / "notebooks").glob("*.md"), *(ROOT / "book").glob("*.md")]
+    slips = [f"{path.name}: {match.group(0)}" for path in sources
+             for match in re.finditer(r"\{[\w:-]+\}`[^`]+` [;,.:)]", path.read_text())]
+    assert not slips, slips
+
+
 def test_parameter_types_are_checked():
     assert matches([0, 1], "list[int]") and not matches([0, "1"], "list[int]")
     assert matches(None, "int | None") and matches(3, "int | None")

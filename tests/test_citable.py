@@ -167,11 +167,14 @@ def test_reader_tables_show_integers_as_integers_and_no_index():
                           "p": [0.123456, 0.5], "small": [1e-5, 2e-4], "name": ["a", "b"],
                           "gap": [1.5, float("nan")]})
     html = reader_table(frame, digits={"p": 2}).to_html()
-    cells = re.findall(r'<td id="[^"]+" class="data row(\d) col(\d)" >([^<]*)</td>', html)
-    rows = [[c[2] for c in cells if c[0] == r] for r in "01"]
+    cells = re.findall(r'<td id="[^"]+" class="data row(\d) col(\d)( devrl-num)?" >([^<]*)</td>',
+                       html)
+    rows = [[c[3] for c in cells if c[0] == r] for r in "01"]
     assert rows[0] == ["0", "81,920", "0.12", "1.00e-05", "a", "1.500"]
     assert rows[1] == ["1", "163,840", "0.50", "2.00e-04", "b", "–"]
     assert "row_heading" not in html  # no index column
+    numeric = [bool(c[2]) for c in cells if c[0] == "0"]  # right-aligned by the book's CSS
+    assert numeric == [True, True, True, True, False, True]
 
 
 def test_png_data_urls_decode_to_the_image():

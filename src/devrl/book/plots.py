@@ -305,7 +305,16 @@ def reader_table(frame: pd.DataFrame, digits: dict[str, int] | None = None,
         tiny = len(nonzero) and nonzero.min() < 0.5 * 10 ** -d  # would show as 0
         huge = len(nonzero) and nonzero.max() >= 1e6
         formats[column] = f"{{:.{max(d - 1, 1)}e}}" if tiny or huge else f"{{:,.{d}f}}"
-    return frame.style.hide(axis="index").format(formats, na_rep="–")
+    styler = frame.style.hide(axis="index").format(formats, na_rep="–")
+    numeric = [c for c in frame.columns if c in formats]
+    if numeric:  # right-aligned by the book's CSS, so digits line up
+        styler = styler.set_td_classes(pd.DataFrame(
+            [["devrl-num" if c in formats else "" for c in frame.columns]] * len(frame),
+            index=frame.index, columns=frame.columns))
+        styler = styler.set_table_styles(
+            {c: [{"selector": "th", "props": [("text-align", "right")]}] for c in numeric},
+            overwrite=False)
+    return styler
 
 
 def steps_label(steps: float) -> str:
