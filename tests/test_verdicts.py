@@ -112,12 +112,13 @@ def test_every_study_kind_is_a_kind_and_memory_verdicts_use_the_vocabulary():
     from devrl.measures.output_llc import RULE_KIND as OUTPUT_RULE_KIND
     from devrl.measures.regime import RULE_KIND
     from devrl.measures.verdicts import KINDS, VERDICTS
-    from devrl.studies import agent, diversity, localisation, memory, training
+    from devrl.studies import agent, diversity, grokking, localisation, memory, training
     from devrl.toys.credit import ROUTING_KIND
 
     kinds = [*diversity.PREDICTION_KIND.values(), *localisation.PREDICTION_KIND.values(),
              *memory.PREDICTION_KIND.values(), *ROUTING_KIND.values(), RULE_KIND,
-             training.OVERSHOOT_KIND, *agent.PREDICTION_KIND.values(), OUTPUT_RULE_KIND]
+             training.OVERSHOOT_KIND, *agent.PREDICTION_KIND.values(), OUTPUT_RULE_KIND,
+             *grokking.PREDICTION_KIND.values()]
     assert set(kinds) <= set(KINDS)
     # prediction 1 of the memory part: within 10% and the widest the slowest; within only; not
     gaps = pd.DataFrame({"memory": [0, 16, 256], "mean": [10.0, 10.5, 9.5],

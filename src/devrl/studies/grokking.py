@@ -415,6 +415,12 @@ def summary_table(metrics: pd.DataFrame, llc: pd.DataFrame, switch_step: int,
                      on=["schedule", "seed"], how="left")
 
 
+# The six predictions of book/grokking.md (adaec47) and their rules, `verdicts` below (102bb14),
+# were committed on 2026-12-04 before any cpu run of the study; the rules are unchanged since
+# (only where `word` comes from moved), so each is a test.
+PREDICTION_KIND = {f"p{i}": "test" for i in range(1, 7)}
+
+
 def verdicts(metrics: pd.DataFrame, llc: pd.DataFrame, turns: pd.DataFrame,
              switch_step: int) -> dict[str, str]:
     """The predictions of book/grokking.md, each judged by its stated rule: "held", "did not
