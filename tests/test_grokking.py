@@ -64,6 +64,39 @@ def test_summary_reads_the_generalisation_step_and_correlations():
     assert math.isnan(row["corr_before"]) and row["corr_after"] == pytest.approx(1.0)
 
 
+def test_the_switch_response_sees_a_fall_and_a_collapse_and_prediction_2_reads_it():
+    steps = np.arange(0, 2000, 25)
+    val = np.clip((steps - 1000) / 500, 0, 1)
+
+    def run(schedule, seed, train):
+        return pd.DataFrame({"schedule": schedule, "seed": seed, "step": steps,
+                             "train_acc": train, "val_acc": val})
+
+    stays = np.ones(len(steps))  # generalises without unlearning
+    falls = np.where((steps > 1000) & (steps <= 1100), 0.05, 1.0)  # falls, then recovers
+    collapses = np.where(steps > 1000, 0.01, 1.0)  # falls and never recovers
+    shallow = np.where((steps > 1000) & (steps <= 1100), 0.95, 1.0)  # a fall of 0.05 only
+    late = np.where(steps > 1600, 0.05, 1.0)  # falls after the 500 steps it is looked for
+    metrics = pd.concat([run("x10", 0, stays), run("x50", 0, falls), run("x50", 1, collapses),
+                         run("x10", 1, shallow), run("x10", 2, late)])
+    response = gk.switch_response(metrics, 1000).set_index(["schedule", "seed"])
+    assert response.loc[("x50", 0), "fell"] and response.loc[("x50", 1), "fell"]
+    assert not response.loc[[("x10", 0), ("x10", 1), ("x10", 2)], "fell"].any()
+    assert response.loc[("x50", 0), "train_low_after"] == 0.05
+    assert response.loc[("x50", 1), "final_train_acc"] == 0.01
+    assert response.loc[("x50", 0), "final_train_acc"] == 1.0
+    assert response.loc[("x10", 0), "train_at_switch"] == 1.0
+
+    # prediction 2 asks every x10 and x50 run to fall (and the correlation to rise)
+    llc = pd.DataFrame(columns=["schedule", "seed", "step", "llc"])
+    empty = pd.DataFrame(columns=["schedule", "seed", "component", "step"])
+    base = run("base", 0, 1 - 0.02 * val)  # varies against validation: a defined correlation
+    all_fall = pd.concat([base, run("x10", 0, falls), run("x50", 0, falls)])
+    assert gk.verdicts(all_fall, llc, empty, 1000)["p2"] == "held"
+    one_stays = pd.concat([base, run("x10", 0, stays), run("x50", 0, falls)])
+    assert gk.verdicts(one_stays, llc, empty, 1000)["p2"] == "did not hold"
+
+
 def test_bad_settings_are_clear_errors():
     with pytest.raises(ConfigError, match="schedule='x3' is not allowed: must be one of base"):
         gk.make_grok_config("smoke", schedule="x3")

@@ -421,6 +421,31 @@ def summary_table(metrics: pd.DataFrame, llc: pd.DataFrame, switch_step: int,
 PREDICTION_KIND = {f"p{i}": "test" for i in range(1, 7)}
 
 
+SWITCH_WITHIN = 500  # steps after the switch in which prediction 2 looks for a fall
+SWITCH_DROP = 0.1  # the fall in training accuracy that prediction 2 asks for
+
+
+def switch_response(metrics: pd.DataFrame, switch_step: int) -> pd.DataFrame:
+    """Per schedule and seed: training and validation accuracy at the last logged step up to
+    the switch, their lowest values in the SWITCH_WITHIN steps after it, whether training
+    accuracy fell by more than SWITCH_DROP there (prediction 2's first half), and the final
+    training accuracy (a run that fell and never recovered ends near chance, 1/p)."""
+    rows = []
+    for (schedule, seed), run in metrics.groupby(["schedule", "seed"]):
+        run = run.sort_values("step")
+        before = run[run["step"] <= switch_step].iloc[-1]
+        after = run[(run["step"] > switch_step) & (run["step"] <= switch_step + SWITCH_WITHIN)]
+        low_train = float(after["train_acc"].min()) if len(after) else math.nan
+        rows.append({"schedule": schedule, "seed": seed,
+                     "train_at_switch": float(before["train_acc"]),
+                     "val_at_switch": float(before["val_acc"]),
+                     "train_low_after": low_train,
+                     "val_low_after": float(after["val_acc"].min()) if len(after) else math.nan,
+                     "fell": bool(len(after) and low_train < before["train_acc"] - SWITCH_DROP),
+                     "final_train_acc": float(run["train_acc"].iloc[-1])})
+    return pd.DataFrame(rows)
+
+
 def verdicts(metrics: pd.DataFrame, llc: pd.DataFrame, turns: pd.DataFrame,
              switch_step: int) -> dict[str, str]:
     """The predictions of book/grokking.md, each judged by its stated rule: "held", "did not
@@ -437,13 +462,8 @@ def verdicts(metrics: pd.DataFrame, llc: pd.DataFrame, turns: pd.DataFrame,
     # 2. x10 and x50: training accuracy falls by > 0.1 within 500 steps of the switch, and the
     # mean windowed correlation from the switch on exceeds the base schedule's.
     if {"base", "x10", "x50"} <= have:
-        falls = []
-        for (schedule, seed), run in metrics[metrics["schedule"].isin(["x10", "x50"])].groupby(
-                ["schedule", "seed"]):
-            at = run.loc[run["step"] <= switch_step].sort_values("step")["train_acc"].iloc[-1]
-            after = run.loc[(run["step"] > switch_step) & (run["step"] <= switch_step + 500),
-                            "train_acc"]
-            falls.append(bool(len(after) and after.min() < at - 0.1))
+        response = switch_response(metrics, switch_step)
+        falls = response.loc[response["schedule"].isin(["x10", "x50"]), "fell"].tolist()
         corr = by["corr_after"].mean()
         out["p2"] = word(bool(all(falls) and corr["x10"] > corr["base"]
                               and corr["x50"] > corr["base"]))
