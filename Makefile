@@ -53,11 +53,12 @@ browser:
 	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
 ## Run every test: unit tests, smoke-scale training, notebooks under papermill, the book build
-## and the offline browser check. Two pytest-xdist workers, one per core; tests that share an
-## expensive fixture (the smoke runs, the smoke notebooks' data, the built book, a Ray cluster)
-## run on one worker, in order (tests/conftest.py). TEST_WORKERS=0 runs them in one process.
+## and the offline browser check. Two pytest-xdist workers, one per core, each running whole
+## test files in order (--dist loadfile), so a file's shared fixture (the smoke notebooks' data
+## sets, the built book, a Ray cluster) is made once. (--dist loadgroup would split files more
+## finely, but pytest-xdist 3.8 cannot group tests under pytest 9.) TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: setup browser
 	$(PYTEST) --durations=25

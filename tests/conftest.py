@@ -21,45 +21,6 @@ if not os.environ.get("DEVRL_TEST_XLA_CACHE"):
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["DEVRL_TEST_XLA_CACHE"]
 
 
-def shared_fixture_groups(items) -> dict[str, str]:
-    """Each test's group (keyed by node id): tests that share an expensive fixture, one of
-    tests/ scoped to a module or the session, are in one group, directly or through another
-    test (the closure), so under `--dist loadgroup` that fixture is built on one worker only,
-    and tests that build on an earlier one's output (the first smoke notebook of a data set
-    recomputes it, the others reuse it) keep their order."""
-    parent: dict[str, str] = {}
-
-    def root(key: str) -> str:
-        while parent.setdefault(key, key) != key:
-            parent[key] = parent[parent[key]]
-            key = parent[key]
-        return key
-
-    keys = {}
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        own = []
-        for name, defs in (info.name2fixturedefs.items() if info else ()):
-            fixture = defs[-1]
-            if fixture.scope not in ("module", "session") or not fixture.baseid:
-                continue  # per-test, or pytest's own (tmp_path_factory)
-            where = fixture.baseid if fixture.scope == "session" else item.nodeid.split("::")[0]
-            own.append(f"{where}::{name}")
-        keys[item.nodeid] = own or [item.nodeid]
-        for key in own[1:]:
-            parent[root(key)] = root(own[0])
-    return {nodeid: root(own[0]) for nodeid, own in keys.items()}
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist, mark each test with its shared-fixture group (see above)."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    groups = shared_fixture_groups(items)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(name=groups[item.nodeid]))
-
-
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "devrl.cli", *args], capture_output=True,
                           text=True, timeout=timeout, check=False)
