@@ -55,12 +55,10 @@ browser:
 ## Run every test: unit tests, smoke-scale training, notebooks under papermill, the book build
 ## and the offline browser check. Two pytest-xdist workers, one per core, each running whole
 ## test files in order (--dist loadfile), so a file's shared fixture (the smoke notebooks' data
-## sets, the built book, a Ray cluster) is made once; files are handed out in collection order,
-## which puts the two longest first (tests/conftest.py). (--dist loadgroup would split files more
+## sets, the built book, a Ray cluster) is made once. (--dist loadgroup would split files more
 ## finely, but pytest-xdist 3.8 cannot group tests under pytest 9.) TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) \
-	--dist loadfile --no-loadscope-reorder)
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: setup browser
 	$(PYTEST) --durations=25

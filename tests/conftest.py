@@ -60,18 +60,3 @@ def assert_same_run(a: Path, b: Path) -> None:
     ma = pd.read_parquet(a / "metrics.parquet").drop(columns="sps")
     mb = pd.read_parquet(b / "metrics.parquet").drop(columns="sps")
     pd.testing.assert_frame_equal(ma, mb)
-
-
-# The two longest test files (the smoke notebooks and the built book, each about a quarter of the
-# suite) start first, one on each pytest-xdist worker (`make test` passes --dist loadfile
-# --no-loadscope-reorder, so files are handed out in collection order); the rest fill in.
-FIRST = ("tests/test_book.py", "tests/test_site.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    """Collection order with the files of FIRST moved to the front (order within a file kept)."""
-    def rank(item):
-        path = item.nodeid.split("::")[0]
-        return FIRST.index(path) if path in FIRST else len(FIRST)
-
-    items[:] = sorted(items, key=rank)  # stable: files and tests keep their order otherwise
