@@ -1,6 +1,6 @@
 """What makes a figure citable and readable outside the book: numbers from the toc, BibTeX,
 build info, the exported files (titled, with the plotted data) and the charts' text
-alternatives. Fast: no notebook runs here (the built book is checked in test_site)."""
+alternatives. Fast: no notebook runs here (the built book is checked in test_book)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 a limit (they are glued from the functions that judge them), and no notebook makes one up from a
 literal (the judging lives in devrl, where tests cover it). The slow check that every built page
 states what its functions return on the committed data is `test_pages_state_the_verdicts_their_
-functions_return` in test_site.py, which reuses the book built there."""
+functions_return` in test_book.py, which reuses the book built there."""
 
 from __future__ import annotations
 
