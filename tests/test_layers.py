@@ -51,11 +51,13 @@ def layer_of(name: str) -> int:
     return rank
 
 
-def imports(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, int]]:
-    """(imported devrl module, line) for every import in the module, at any depth."""
+def imports(name: str, path: Path, known: dict[str, Path], text: str | None = None
+            ) -> list[tuple[str, int]]:
+    """(imported devrl module, line) for every import in the module (or in `text`, the code of
+    `path`), at any depth."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text() if text is None else text, str(path))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -138,6 +140,53 @@ def test_the_layers_name_every_module():
 ROOT = PACKAGE.parents[1]
 DOTTED = re.compile(r"\bdevrl(?:\.[A-Za-z_]\w*)+")
 CELL = re.compile(r"```\{code-cell\}[^\n]*\n(.*?)```", re.DOTALL)
+
+
+# ------------------------------------------------------------------ what a notebook may import
+# A figure's notebook imports its part's study (devrl.studies.<part>, which hands it the shared
+# helpers it needs) and the plot module; a measure or a toy model only where the figure is about
+# that instrument or toy itself (the issue-30 rule). Each allowance names what the figure shows.
+ABOUT = {
+    "llc-validation": {"devrl.measures.known"},  # the estimator against known answers
+    "policy-llc": {"devrl.measures.policy_llc"},  # the policy estimator's own settings
+    "essential-dynamics": {"devrl.measures.dynamics"},  # essential dynamics, the method
+    "llc-regime": {"devrl.measures.regime"},  # the regime rule and its grid
+    "output-llc": {"devrl.measures.output_llc"},  # the output layer's estimator and closed form
+    "designed-states": {"devrl.measures.designed_states"},  # the designed stimulus states
+    "agent-episodes": {"devrl.measures.episode_film"},  # the films of episodes
+    "toy-credit-routing": {"devrl.toys.credit"},  # the credit toy
+    "toy-plant-overshoot": {"devrl.toys.plant"},  # the plant toy
+}
+PLOTS = "devrl.book.plots"
+
+
+def notebook_imports() -> dict[str, set[str]]:
+    """{notebook: the devrl modules its code cells import, at any depth}."""
+    known = modules()
+    out = {}
+    for path in sorted((ROOT / "notebooks").glob("*.md")):
+        code = "\n".join(line for cell in CELL.findall(path.read_text())
+                         for line in cell.splitlines() if not line.startswith(":"))
+        out[path.stem] = {target for target, _ in imports(f"notebooks.{path.stem}", path, known,
+                                                          text=code)}
+    return out
+
+
+def test_a_notebook_imports_its_study_the_plot_module_and_only_the_instrument_it_shows():
+    found = notebook_imports()
+    assert found, "no notebooks found"
+    wrong = []
+    for name, targets in found.items():
+        studies = sorted(t for t in targets if t.startswith("devrl.studies."))
+        if len(studies) != 1:
+            wrong.append(f"{name}: imports {len(studies)} studies ({', '.join(studies) or 'none'})"
+                         f"; a notebook imports exactly its part's study")
+        rest = targets - set(studies) - {PLOTS} - ABOUT.get(name, set())
+        if rest:
+            wrong.append(f"{name}: imports {', '.join(sorted(rest))} (take it from its study)")
+    stale = [f"{name}: allowed {sorted(allowed - found.get(name, set()))} but does not import it"
+             for name, allowed in ABOUT.items() if allowed - found.get(name, set())]
+    assert not wrong + stale, "\n".join(wrong + stale)
 
 
 def resolves(dotted: str) -> bool:

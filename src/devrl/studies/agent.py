@@ -40,6 +40,11 @@ from devrl.measures import episode_film
 from devrl.measures.behaviour import make_probe_policy
 from devrl.measures.verdicts import word
 
+# What this part's notebooks take from the layers below: a notebook imports only its study
+# and devrl.book.plots (tests/test_layers.py), so the study hands these on.
+from devrl.datasets import over_seeds, plural, uniform_action_share  # noqa: F401
+from devrl.measures.verdicts import statuses  # noqa: F401
+
 WORLDS = {"smoke": 4, "cpu": 32, "paper": 64}  # worlds per designed state
 assert set(WORLDS) == set(SCALES)
 

@@ -73,6 +73,11 @@ from devrl.runs.sweep import (
 from devrl.toys import evolution as ev
 from devrl.toys.evolution import Curve, fit_curves, jump_sweep
 
+# What this part's notebooks take from the layers below: a notebook imports only its study
+# and devrl.book.plots (tests/test_layers.py), so the study hands these on.
+from devrl.datasets import over_seeds, rank_correlation  # noqa: F401
+from devrl.measures.verdicts import statuses  # noqa: F401
+
 DISCOVERY_ALPHAS = (0.05, 0.01, 0.001)  # the rule's level and two others, side by side
 
 

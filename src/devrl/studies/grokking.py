@@ -41,6 +41,10 @@ from devrl.measures.policy_llc import trace_drift
 from devrl.measures.regime import RegimeGrid
 from devrl.measures.verdicts import word
 
+# What this part's notebooks take from the layers below: a notebook imports only its study
+# and devrl.book.plots (tests/test_layers.py), so the study hands these on.
+from devrl.measures.verdicts import statuses  # noqa: F401
+
 SCHEDULES = {"base": 1.0, "x10": 10.0, "x50": 50.0}  # learning-rate multiplier after the switch
 
 

@@ -38,6 +38,18 @@ from devrl.measures import known, output_llc, regime
 from devrl.measures.policy_llc import export_llc
 from devrl.runs.sweep import run_dir_for
 
+# What this part's notebooks take from the layers below: a notebook imports only its study
+# and devrl.book.plots (tests/test_layers.py), so the study hands these on.
+from devrl.core.envs import CONTEXT_LABELS  # noqa: F401
+from devrl.datasets import (  # noqa: F401
+    over_seeds,
+    per_checkpoint,
+    uniform_action_share,
+    with_rates,
+)
+from devrl.measures.dynamics import essential_dynamics, turns_frame  # noqa: F401
+from devrl.measures.verdicts import status, word  # noqa: F401
+
 
 @dataclass(frozen=True)
 class LLCData:

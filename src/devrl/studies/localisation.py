@@ -55,6 +55,10 @@ from devrl.measures.verdicts import word
 from devrl.runs.rundir import sha256_file
 from devrl.toys import credit as credit_toy
 
+# What this part's notebooks take from the layers below: a notebook imports only its study
+# and devrl.book.plots (tests/test_layers.py), so the study hands these on.
+from devrl.measures.verdicts import status, statuses  # noqa: F401
+
 # ------------------------------------------------------------------ the study on the Craftax runs
 # The committed data set data/craftax-<scale> holds each seed's actor at EXPORT_CHECKPOINTS
 # log-spaced updates (float16): the study reads those, and says so; denser checkpoints would

@@ -55,6 +55,11 @@ from devrl.runs.rundir import (
 )
 from devrl.runs.sweep import SWEEPS, SweepSpec, load_spec, run_dir_for, run_sweep
 
+# What this part's notebooks take from the layers below: a notebook imports only its study
+# and devrl.book.plots (tests/test_layers.py), so the study hands these on.
+from devrl.datasets import over_seeds, with_rates  # noqa: F401
+from devrl.measures.verdicts import status  # noqa: F401
+
 HORIZON_FRACTION = 0.1  # the horizon: KL(k) falls to this fraction of the fully reset KL
 KL_FLOOR = 1e-3  # nats: a fully reset KL below this, the policy does not use its memory
 RIDGE_ALPHAS = (1e-1, 1e1, 1e3, 1e5)  # penalties tried (standardised features), best one kept

@@ -3,7 +3,8 @@ training curves, the plant overshoot and the context of plant placing.
 
 Its data set is the Craftax data set, which most other studies are built on as well, so it is
 opened by `devrl.datasets.craftax_data` (with the shared table helpers `over_seeds`,
-`per_checkpoint`, `mean_curve_peaks`, ...); what only this part's figures need is here.
+`per_checkpoint`, `mean_curve_peaks`, ...), which this module hands on to the part's notebooks;
+what only this part's figures need is defined here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,23 @@ from __future__ import annotations
 import pandas as pd
 
 from devrl.measures.verdicts import word
+
+# What this part's notebooks take from the layers below: a notebook imports only its study
+# and devrl.book.plots (tests/test_layers.py), so the study hands these on.
+from devrl.core.envs import CONTEXT_LABELS  # noqa: F401
+from devrl.datasets import (  # noqa: F401
+    bin_updates,
+    craftax_data,
+    first_reaching,
+    mean_curve_peaks,
+    over_seeds,
+    peak_and_final,
+    per_checkpoint,
+    plural,
+    uniform_action_share,
+    with_rates,
+)
+from devrl.measures.verdicts import status  # noqa: F401
 
 
 def context_selectivity(probe_policy: pd.DataFrame, measure: str = "p_place_plant",
