@@ -222,3 +222,74 @@ def test_the_committed_dln_estimates_are_reproduced_by_the_code(committed):
         cell = {k: int(row[k]) if k in integers else float(row[k]) for k in regime.SAMPLER_KEYS}
         again = regime.run_cell(estimate, cell, d, 1)
         assert again["llc"] == pytest.approx(row["llc"], rel=1e-3), case
+
+
+# ------------------------------------------------------------- long chains at a finer step (ladder)
+CHOSEN = {"nbeta_factor": 16.0, "localization": 1.0, "nbeta": 6000.0, "step_size": 4e-6,
+          "num_steps": 800, "num_burnin": 400, "num_chains": 2, "batch_size": 200}
+
+
+def test_ladder_rungs_keep_each_length_s_chain_time_at_every_step():
+    cells = regime.ladder_cells(CHOSEN, (1, 4, 16))
+    assert len(cells) == 3 * len(regime.LADDER_LENGTHS)
+    assert regime.LADDER_LENGTHS == (1, regime.DLN_GRIDS["cpu"].longer_factor)
+    for cell in cells:
+        time = cell["step_size"] * cell["num_steps"]
+        assert time == pytest.approx(CHOSEN["step_size"] * CHOSEN["num_steps"] * cell["length"])
+        assert cell["num_burnin"] * 2 == cell["num_steps"]
+        assert {cell[k] for k in ("nbeta", "localization")} == {6000.0, 1.0}
+    with pytest.raises(ConfigError, match=r"^divisors=\(0,\) is not allowed"):
+        regime.ladder_cells(CHOSEN, (0,))
+
+
+def _ladder(values: dict[tuple[int, int], tuple[float, float]]) -> pd.DataFrame:
+    """Ladder rows from {(divisor, length): (λ̂, acceptance)}."""
+    return pd.DataFrame([{"divisor": k, "length": n, "llc": llc, "mala_acceptance": acc,
+                          "diverged": False} for (k, n), (llc, acc) in values.items()])
+
+
+def test_the_ladder_judges_chain_length_at_the_largest_step_that_accepts_enough():
+    # at the cell's step the long chains accept too few steps and λ̂ doubles; a quarter of the
+    # step accepts enough, and there λ̂ holds: the rise was the step's bias
+    bias = _ladder({(1, 1): (450, 0.88), (1, 4): (800, 0.28), (4, 1): (440, 0.97),
+                    (4, 4): (460, 0.90), (16, 1): (445, 0.99), (16, 4): (700, 0.99)})
+    judged = regime.ladder_check(bias)
+    assert (judged["check"], judged["divisor"]) == ("converged", 4)
+    assert judged["change"] == pytest.approx(460 / 440 - 1)
+    # the same at a quarter of the step, but λ̂ still rises by 60%: a drift, not the step
+    drift = bias.copy()
+    drift.loc[(drift["divisor"] == 4) & (drift["length"] == 4), "llc"] = 704.0
+    assert regime.ladder_check(drift)["check"] == "moved"
+    # no step where both lengths accept enough, or one diverged: not judged
+    low = bias.assign(mala_acceptance=np.where(bias["length"] == 4, 0.3, 0.9))
+    assert regime.ladder_check(low)["check"] == "not judged"
+    broken = bias.copy()
+    broken.loc[(broken["divisor"] == 4) & (broken["length"] == 4), "diverged"] = True
+    assert regime.ladder_check(broken)["divisor"] == 16
+    # where the cell's own step accepts enough at both lengths, it is judged there
+    fine = bias.assign(mala_acceptance=0.9)
+    assert (regime.ladder_check(fine)["check"], regime.ladder_check(fine)["divisor"]) \
+        == ("moved", 1)
+    with pytest.raises(ConfigError, match="^rows is empty"):
+        regime.ladder_check(bias.iloc[:0])
+
+
+def test_on_a_quadratic_loss_the_ladder_converges_to_the_closed_form():
+    """A regular (quadratic) loss: λ̂ is the closed form at any chain length once burnt in, so the
+    ladder's check is "converged", at the cell's own step."""
+    h = jnp.asarray(np.geomspace(1e-2, 1.0, 100), jnp.float32)
+    data = jnp.zeros((8, 1))
+
+    def estimate(cell, key):
+        return estimate_llc(lambda w, batch: 0.5 * jnp.sum(h * w ** 2) + 0.0 * jnp.sum(batch),
+                            jnp.zeros(100), data, key, draw_loss="full", **cell)
+
+    chosen = {"nbeta_factor": 1.0, "localization": 1.0, "nbeta": 100.0,
+              "step_size": 0.05 / 101.0, "num_steps": 1500, "num_burnin": 750, "num_chains": 2,
+              "batch_size": 8}
+    rows = regime.run_ladder(estimate, chosen, (1, 4), 100)
+    assert list(zip(rows["divisor"], rows["length"])) == [(1, 1), (1, 4), (4, 1), (4, 4)]
+    judged = regime.ladder_check(rows)
+    truth = regime.quadratic_sensitivity(np.asarray(h), 100.0, 1.0)
+    assert (judged["check"], judged["divisor"]) == ("converged", 1)
+    assert judged["longer_llc"] == pytest.approx(truth, rel=0.1)

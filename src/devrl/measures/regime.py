@@ -407,6 +407,112 @@ def rejudge(estimates: pd.DataFrame, outcomes: pd.DataFrame, grids: dict[str, Re
     return pd.concat(verdicts, ignore_index=True), pd.DataFrame(rows)
 
 
+# ------------------------------------------------------------------ long chains at a finer step
+# The open question of the chain-length check on the deep linear networks: their chains run
+# `longer_factor` times longer raise λ̂, but at an acceptance below MIN_ACCEPTANCE, where a bias of
+# the step is not separated from a drift along the set of minimisers. The ladder reruns the chosen
+# cell's chain length (1×) and the longer one (LADDER_LENGTHS) at the cell's step divided by each
+# of LADDER_DIVISORS, with that many times the steps, so that every rung covers the same chain
+# time ε × steps as its length at the cell's own step. `ladder_check` judges the chain-length
+# question at the largest step where both lengths accept at least MIN_ACCEPTANCE. The ladder and
+# its check were committed on 2026-12-06, before any chain of it ran; MIN_ACCEPTANCE and
+# MAX_CHANGE are the rule's (see the module doc for when they were set). The smoke scale runs
+# the cell's own step only (it checks the plumbing, not the question).
+LADDER_DIVISORS = {"smoke": (1,), "cpu": (1, 4, 16)}
+LADDER_LENGTHS = (1, 4)  # the cell's chain length and the rule's longer one (longer_factor)
+LADDER_CHECKS = ("converged", "moved", "not judged")
+
+
+def ladder_cells(chosen: dict[str, Any], divisors: tuple[int, ...]) -> list[dict[str, Any]]:
+    """The ladder's cells at a chosen cell (`chosen`: nbeta_factor, localization, nbeta,
+    step_size, num_steps, num_burnin, num_chains, batch_size of the rule's cell), for each of
+    `divisors` of its step and each of LADDER_LENGTHS."""
+    if not divisors or any(int(k) != k or k < 1 for k in divisors):
+        raise ConfigError(f"divisors={divisors!r} is not allowed: need whole numbers >= 1")
+    cells = []
+    for divisor in divisors:
+        for length in LADDER_LENGTHS:
+            cells.append({
+                **{k: chosen[k] for k in ("nbeta_factor", "localization", "nbeta", "num_chains",
+                                          "batch_size")},
+                "kind": "ladder", "divisor": int(divisor), "length": int(length),
+                "step_size": float(chosen["step_size"]) / divisor,
+                "num_steps": int(chosen["num_steps"]) * divisor * length,
+                "num_burnin": int(chosen["num_burnin"]) * divisor * length})
+    return cells
+
+
+def run_ladder(estimate: Estimator, chosen: dict[str, Any], divisors: tuple[int, ...],
+               num_sampled: int, seed: int = 0, cache: Path | None = None, model_id: str = "",
+               progress: Callable[[str], None] = lambda message: None) -> pd.DataFrame:
+    """One row per ladder cell (`ladder_cells`), each a `run_cell` estimate."""
+    rows = []
+    for cell in ladder_cells(chosen, divisors):
+        progress(f"{model_id} ladder ε/{cell['divisor']} × {cell['length']} "
+                 f"({cell['num_steps']} steps)")
+        row = run_cell(estimate, {k: v for k, v in cell.items()
+                                  if k not in ("divisor", "length")}, num_sampled, seed, cache,
+                       model_id)
+        rows.append({**row, "divisor": cell["divisor"], "length": cell["length"]})
+    return pd.DataFrame(rows)
+
+
+def ladder_check(rows: pd.DataFrame) -> dict[str, Any]:
+    """The chain-length check on one model's ladder (`rows`: divisor, length, llc,
+    mala_acceptance, diverged): at the largest step (smallest divisor) where the chains of both
+    lengths ran without diverging and accept at least MIN_ACCEPTANCE, "converged" when λ̂ of the
+    longest chains is within MAX_CHANGE of λ̂ of the shortest, "moved" otherwise; "not judged"
+    where no step has both lengths that stable. Also the step, both λ̂ and their change."""
+    if rows.empty:
+        raise ConfigError("rows is empty: need the ladder's estimates of one model")
+    short, long = min(LADDER_LENGTHS), max(LADDER_LENGTHS)
+    for divisor in sorted(rows["divisor"].unique()):
+        rung = rows[rows["divisor"] == divisor].set_index("length")
+        if short not in rung.index or long not in rung.index:
+            continue
+        pair = rung.loc[[short, long]]
+        if pair["diverged"].astype(bool).any() or (pair["mala_acceptance"] < MIN_ACCEPTANCE).any():
+            continue
+        change = float(pair.loc[long, "llc"] / pair.loc[short, "llc"] - 1)
+        return {"check": "converged" if abs(change) <= MAX_CHANGE else "moved",
+                "divisor": int(divisor), "llc": float(pair.loc[short, "llc"]),
+                "longer_llc": float(pair.loc[long, "llc"]), "change": change,
+                "acceptance": float(pair["mala_acceptance"].min())}
+    return {"check": "not judged", "divisor": math.nan, "llc": math.nan,
+            "longer_llc": math.nan, "change": math.nan, "acceptance": math.nan}
+
+
+def chosen_cell(estimates: pd.DataFrame, outcome: Any) -> dict[str, Any]:
+    """The grid cell (a row of one model's `estimates`) that the rule's `outcome` chose."""
+    rows = estimates[(estimates["kind"] == "grid")
+                     & (estimates["nbeta_factor"] == outcome["nbeta_factor"])
+                     & (estimates["localization"] == outcome["localization"])]
+    if len(rows) != 1:
+        raise ConfigError(f"outcome={outcome['model']!r} names no single grid cell "
+                          f"(nβ×{outcome['nbeta_factor']:g}, γ={outcome['localization']:g})")
+    return rows.iloc[0].to_dict()
+
+
+def ladder_table(estimates: pd.DataFrame, outcomes: pd.DataFrame, scale: str,
+                 cache: Path | None = None,
+                 progress: Callable[[str], None] = lambda message: None) -> pd.DataFrame:
+    """The ladder of every deep linear network of a regime data set (its `estimates` and
+    `outcomes`), at the cell its rule chose."""
+    if scale not in DLN_GRIDS:
+        raise ConfigError(f"scale={scale!r} is not allowed: must be one of {', '.join(DLN_GRIDS)}")
+    tables = []
+    for outcome in outcomes[outcomes["family"] == "dln"].to_dict("records"):
+        case = outcome["model"]
+        estimate, d, _ = dln_estimator(case)
+        chosen = chosen_cell(estimates[estimates["model"] == case], outcome)
+        tables.append(run_ladder(estimate, chosen, LADDER_DIVISORS[scale], d, 0, cache, case,
+                                 progress)
+                      .assign(model=case, family="dln"))
+    if not tables:
+        raise ConfigError("outcomes has no deep linear network: the ladder needs one")
+    return pd.concat(tables, ignore_index=True)
+
+
 def nbeta_slope(rows: pd.DataFrame, localization: float) -> float:
     """d log λ̂ / d log nβ along the grid at `localization` (least squares over the cells)."""
     cells = rows[(rows["kind"] == "grid") & (rows["localization"] == localization)
@@ -414,6 +520,10 @@ def nbeta_slope(rows: pd.DataFrame, localization: float) -> float:
     if len(cells) < 2:
         return math.nan
     return float(np.polyfit(np.log(cells["nbeta"]), np.log(cells["llc"]), 1)[0])
+
+
+def ladder_settings(scale: str) -> dict[str, list[int]]:
+    return {"divisors": list(LADDER_DIVISORS[scale]), "lengths": list(LADDER_LENGTHS)}
 
 
 def rule_settings() -> dict[str, float]:
@@ -475,7 +585,8 @@ def study_tables(scale: str, craftax: Path, cache: Path | None = None,
     """The regime data set: the policy (first seed's checkpoints) and the DLN cases, each
     through `run_study`; for each DLN also λ̂ at the rule's chosen cell with two more keys, and
     for each policy checkpoint the estimate on each plant context's probe states alone at the
-    base cell's nβ (kind "context", column `target`: a common nβ for contexts and whole)."""
+    base cell's nβ (kind "context", column `target`: a common nβ for contexts and whole); and
+    each DLN's ladder of long chains at finer steps (`ladder_table`)."""
     if scale not in POLICY_GRIDS:
         raise ConfigError(f"scale={scale!r} is not allowed: must be one of "
                           f"{', '.join(POLICY_GRIDS)}")
@@ -531,10 +642,12 @@ def study_tables(scale: str, craftax: Path, cache: Path | None = None,
             "max_key_error": float(max(abs(v - truth) / truth for v in key_llcs)),
             "slope": nbeta_slope(rows, grid.base_localization)})
 
-    return ({"estimates": pd.concat(estimates, ignore_index=True),
-             "verdicts": pd.concat(verdicts, ignore_index=True),
-             "outcomes": pd.DataFrame(outcomes)},
-            {"rule": rule_settings(), "policy_grid": grid_record(POLICY_GRIDS[scale]),
+    estimates, outcomes = pd.concat(estimates, ignore_index=True), pd.DataFrame(outcomes)
+    ladder = ladder_table(estimates, outcomes, scale, cache, progress)
+    return ({"estimates": estimates, "verdicts": pd.concat(verdicts, ignore_index=True),
+             "outcomes": outcomes, "ladder": ladder},
+            {"rule": rule_settings(), "ladder": ladder_settings(scale),
+             "policy_grid": grid_record(POLICY_GRIDS[scale]),
              "dln_grid": grid_record(DLN_GRIDS[scale]), "dln_cases": {
                  k: {kk: list(vv) if isinstance(vv, tuple) else vv for kk, vv in v.items()}
                  for k, v in DLN_CASES.items() if k in DLN_STUDY_CASES[scale]},

@@ -133,6 +133,7 @@ class RegimeData:
     estimates: pd.DataFrame  # one row per (model, estimate): grid cells, ε sweep, longer, keys
     verdicts: pd.DataFrame  # one row per (model, grid cell): each criterion of the rule
     outcomes: pd.DataFrame  # one row per model: the rule's choice and whether it passed
+    ladder: pd.DataFrame  # per deep linear network: long chains at finer steps (regime.ladder_table)
 
 
 def regime_data(scale: str = "cpu", recompute: bool = False) -> RegimeData:
@@ -219,6 +220,35 @@ def rejudge_regime(scale: str = "cpu") -> RegimeData:
             "made_by": f"devrl.studies.llc.rejudge_regime({scale!r})",
             "estimates_from": {"git_commit": old.get("git_commit"),
                                "written": old.get("written"), "made_by": old.get("made_by")}})
+
+    tables, manifest = table_set("llc-regime", scale, True, build)
+    return RegimeData(scale=scale, path=folder, manifest=manifest, **tables)
+
+
+def ladder_regime(scale: str = "cpu") -> RegimeData:
+    """Add (or redo) the ladder of long chains at finer steps (`regime.ladder_table`) in the
+    regime data set, from its stored estimates and outcomes, without running the rest of the
+    study again; the manifest keeps the study's records and names the commit whose code made
+    the estimates. Ladder estimates are cached under DEVRL_RUNS/llc-regime-<scale>/, so an
+    interrupted run resumes."""
+    check_scale_and_recompute(scale, True)
+    folder = data_root() / f"llc-regime-{scale}"
+    old = open_data_set(folder, scale)
+
+    def build():
+        tables = {name: pd.read_parquet(folder / f"{name}.parquet")
+                  for name in ("estimates", "verdicts", "outcomes")}
+        tables["ladder"] = regime.ladder_table(
+            tables["estimates"], tables["outcomes"], scale, runs_root() / f"llc-regime-{scale}",
+            progress=lambda message: print(message, flush=True))
+        kept = {k: v for k, v in old.items() if k not in (
+            "files", "git_commit", "source", "written", "versions", "tables", "scale", "unchecked",
+            "made_by", "ladder", "estimates_from")}
+        return tables, {**kept, "ladder": regime.ladder_settings(scale),
+                        "made_by": f"devrl.studies.llc.ladder_regime({scale!r})",
+                        "estimates_from": old.get("estimates_from") or {
+                            "git_commit": old.get("git_commit"), "written": old.get("written"),
+                            "made_by": old.get("made_by")}}
 
     tables, manifest = table_set("llc-regime", scale, True, build)
     return RegimeData(scale=scale, path=folder, manifest=manifest, **tables)
