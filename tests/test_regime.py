@@ -172,7 +172,7 @@ def committed():
 
     manifest = open_data_set(DATA, "cpu")
     return ({name: pd.read_parquet(DATA / f"{name}.parquet")
-             for name in ("estimates", "verdicts", "outcomes")}, manifest)
+             for name in ("estimates", "verdicts", "outcomes", "ladder")}, manifest)
 
 
 def test_committed_verdicts_and_outcomes_are_what_the_rule_computes(committed):
@@ -203,6 +203,28 @@ def test_the_rule_recovers_known_answers_on_large_deep_linear_networks(committed
     assert sum(error <= 0.15 for error in errors.values()) >= 3, errors
     regular = outcomes.set_index("model").loc["dln-100-100-r20"]
     assert regular["passed"] and abs(regular["longer_change"]) <= regime.MAX_CHANGE
+
+
+def test_the_committed_ladder_runs_the_cells_the_code_prescribes(committed):
+    """Every deep linear network's ladder holds exactly `ladder_cells` at the cell its rule chose
+    (same steps, step counts and nβ), its rung at the cell's own step and length reproduces the
+    stored grid estimate, and the regular network converges."""
+    tables, manifest = committed
+    assert manifest["ladder"] == regime.ladder_settings("cpu")
+    ladder = tables["ladder"]
+    for outcome in tables["outcomes"][tables["outcomes"]["family"] == "dln"].to_dict("records"):
+        rows = tables["estimates"][tables["estimates"]["model"] == outcome["model"]]
+        chosen = regime.chosen_cell(rows, outcome)
+        want = pd.DataFrame(regime.ladder_cells(chosen, regime.LADDER_DIVISORS["cpu"]))
+        got = ladder[ladder["model"] == outcome["model"]].reset_index(drop=True)
+        for column in ("divisor", "length", "num_steps", "num_burnin"):
+            np.testing.assert_array_equal(got[column].to_numpy(), want[column].to_numpy())
+        for column in ("step_size", "nbeta", "localization"):
+            np.testing.assert_allclose(got[column].to_numpy(), want[column].to_numpy())
+        own = got[(got["divisor"] == 1) & (got["length"] == 1)].iloc[0]
+        assert own["llc"] == pytest.approx(chosen["llc"], rel=1e-6), outcome["model"]
+    summary = regime.ladder_summary(ladder, tables["outcomes"], manifest).set_index("model")
+    assert summary.loc["dln-100-100-r20", "check"] == "converged"
 
 
 def test_the_policy_meets_no_cell_of_the_rule(committed):
@@ -293,3 +315,34 @@ def test_on_a_quadratic_loss_the_ladder_converges_to_the_closed_form():
     truth = regime.quadratic_sensitivity(np.asarray(h), 100.0, 1.0)
     assert (judged["check"], judged["divisor"]) == ("converged", 1)
     assert judged["longer_llc"] == pytest.approx(truth, rel=0.1)
+
+
+def test_the_ladder_summary_counts_each_singular_network_under_its_check():
+    def rungs(model, values):
+        return _ladder(values).assign(model=model, step_size=lambda f: 4e-6 / f["divisor"],
+                                      mean_distance=lambda f: 10.0 * f["length"] ** 0.5)
+
+    ladder = pd.concat([
+        rungs("deep", {(1, 1): (450, 0.9), (1, 4): (800, 0.3), (4, 1): (440, 0.95),
+                       (4, 4): (600, 0.6)}),
+        rungs("flat", {(1, 1): (5000, 1.0), (1, 4): (5010, 1.0), (4, 1): (5000, 1.0),
+                       (4, 4): (5000, 1.0)}),
+        rungs("stuck", {(1, 1): (800, 0.9), (1, 4): (1700, 0.1), (4, 1): (800, 0.9),
+                        (4, 4): (1500, 0.4)})], ignore_index=True)
+    outcomes = pd.DataFrame({"model": ["deep", "flat", "stuck"], "true_llc": [450, 5000, 800]})
+    manifest = {"dln_cases": {"deep": {"widths": [30, 60, 60, 30]}, "flat": {"widths": [100, 100]},
+                              "stuck": {"widths": [40, 80, 40]}}}
+    summary = regime.ladder_summary(ladder, outcomes, manifest).set_index("model")
+    assert list(summary["check"]) == ["moved", "converged", "not judged"]
+    assert list(summary["singular"]) == [True, False, True]
+    assert summary.loc["deep", "longer_llc_4"] == 600 and summary.loc["deep", "divisor"] == 4
+    numbers = regime.ladder_numbers(summary.reset_index())
+    assert (numbers["ladder-singular"], numbers["ladder-singular-moved"],
+            numbers["ladder-singular-not-judged"], numbers["ladder-singular-converged"]) \
+        == (2, 1, 1, 0)
+    assert numbers["ladder-change-min"] == pytest.approx(100 * (600 / 440 - 1))
+    assert numbers["ladder-distance-growth-max"] == pytest.approx(2.0)
+    assert numbers["ladder-change-at-1-max"] == pytest.approx(100 * (1700 / 800 - 1))
+    assert numbers["ladder-acceptance-at-4-min"] == pytest.approx(0.4)
+    assert numbers["ladder-longer-error-at-4-max"] == pytest.approx(100 * (1500 / 800 - 1))
+    assert numbers["ladder-error-at-4-min"] == pytest.approx(100 * (440 / 450 - 1))

@@ -522,6 +522,72 @@ def nbeta_slope(rows: pd.DataFrame, localization: float) -> float:
     return float(np.polyfit(np.log(cells["nbeta"]), np.log(cells["llc"]), 1)[0])
 
 
+def ladder_summary(ladder: pd.DataFrame, outcomes: pd.DataFrame, manifest: dict[str, Any]
+                   ) -> pd.DataFrame:
+    """One row per deep linear network of the ladder: its true λ, whether it is singular (depth
+    above one), the cell's step, and `ladder_check`'s verdict with the step it was judged at, λ̂ of
+    both lengths there, their change and the lower acceptance; and, for every step of the
+    ladder (the cell's divided by k), λ̂ at both lengths (`llc_<k>`, `longer_llc_<k>`), the
+    longer chains' acceptance (`longer_acceptance_<k>`) and the chains' mean distance from w*
+    at both lengths (`distance_<k>`, `longer_distance_<k>`)."""
+    truth = outcomes.set_index("model")["true_llc"]
+    rows = []
+    for model, rungs in ladder.groupby("model", sort=False):
+        row = {"model": model, "true_llc": float(truth[model]),
+               "singular": len(manifest["dln_cases"][model]["widths"]) > 2,
+               "step_size": float(rungs.loc[rungs["divisor"] == 1, "step_size"].iloc[0]),
+               **ladder_check(rungs)}
+        for divisor, rung in rungs.groupby("divisor"):
+            at = rung.set_index("length")
+            row[f"llc_{divisor}"] = float(at.loc[min(LADDER_LENGTHS), "llc"])
+            row[f"longer_llc_{divisor}"] = float(at.loc[max(LADDER_LENGTHS), "llc"])
+            row[f"longer_acceptance_{divisor}"] = float(at.loc[max(LADDER_LENGTHS),
+                                                               "mala_acceptance"])
+            row[f"distance_{divisor}"] = float(at.loc[min(LADDER_LENGTHS), "mean_distance"])
+            row[f"longer_distance_{divisor}"] = float(at.loc[max(LADDER_LENGTHS),
+                                                             "mean_distance"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ladder_numbers(summary: pd.DataFrame) -> dict[str, float]:
+    """The numbers the regime chapter quotes about the ladder (`ladder_summary`), keys
+    ladder-*: how many singular networks each check word names; over the singular ones judged,
+    the range of λ̂'s change with 4× the chain length (percent), the lowest acceptance, the
+    largest divisor of the step at which they were judged and how far the chains' mean distance
+    from w* grew; and at every step of the ladder, the range over the singular networks of that
+    change (percent), of the longer chains' acceptance, and of λ̂'s error against the true λ
+    (percent, signed) at both lengths (`ladder-error-at-<k>-*`, `ladder-longer-error-at-<k>-*`)."""
+    singular = summary[summary["singular"]]
+    judged = singular[singular["check"] != "not judged"]
+    numbers = {f"ladder-singular-{check.replace(' ', '-')}": int((singular["check"] == check).sum())
+               for check in LADDER_CHECKS}
+    numbers["ladder-singular"] = len(singular)
+    for divisor in sorted(int(c.rpartition("_")[2]) for c in singular.columns
+                          if c.startswith("longer_llc_")):
+        change = 100 * (singular[f"longer_llc_{divisor}"] / singular[f"llc_{divisor}"] - 1)
+        numbers.update({f"ladder-change-at-{divisor}-min": float(change.min()),
+                        f"ladder-change-at-{divisor}-max": float(change.max()),
+                        f"ladder-acceptance-at-{divisor}-min":
+                            float(singular[f"longer_acceptance_{divisor}"].min()),
+                        f"ladder-acceptance-at-{divisor}-max":
+                            float(singular[f"longer_acceptance_{divisor}"].max())})
+        for length, column in (("", f"llc_{divisor}"), ("longer-", f"longer_llc_{divisor}")):
+            error = 100 * (singular[column] / singular["true_llc"] - 1)
+            numbers.update({f"ladder-{length}error-at-{divisor}-min": float(error.min()),
+                            f"ladder-{length}error-at-{divisor}-max": float(error.max())})
+    if len(judged):
+        growth = [float(row[f"longer_distance_{int(row['divisor'])}"]
+                        / row[f"distance_{int(row['divisor'])}"]) for _, row in judged.iterrows()]
+        numbers.update({
+            "ladder-change-min": 100 * float(judged["change"].min()),
+            "ladder-change-max": 100 * float(judged["change"].max()),
+            "ladder-acceptance-min": float(judged["acceptance"].min()),
+            "ladder-divisor-max": int(judged["divisor"].max()),
+            "ladder-distance-growth-min": min(growth), "ladder-distance-growth-max": max(growth)})
+    return numbers
+
+
 def ladder_settings(scale: str) -> dict[str, list[int]]:
     return {"divisors": list(LADDER_DIVISORS[scale]), "lengths": list(LADDER_LENGTHS)}
 
@@ -741,7 +807,7 @@ def summary_numbers(estimates: pd.DataFrame, verdicts: pd.DataFrame, outcomes: p
             r, r["localization"]), axis=1).max()),
         "confinement-deviation": 100 * float(base.apply(lambda r: abs(confinement_ratio(
             r, r["localization"]) - 1), axis=1).max()),
-        "max-confinement": MAX_CONFINEMENT,
+        "max-confinement": MAX_CONFINEMENT, "max-change-pct": 100 * MAX_CHANGE,
         "longer-acceptance-min": float(longer["mala_acceptance"].min()),
         "dln-not-judged": int((dln["longer_check"] == "not judged").sum())
         if "longer_check" in dln else 0,
