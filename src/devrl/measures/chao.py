@@ -191,12 +191,17 @@ def _lchoose(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
 
 
 def _f0_and_decay(x: np.ndarray) -> tuple[float, float]:
+    """`_f0_and_decay_of` a sample's counts."""
+    return _f0_and_decay_of(int(x.sum()), int((x == 1).sum()), int((x == 2).sum()))
+
+
+def _f0_and_decay_of(n: int, f1: float, f2: float) -> tuple[float, float]:
     """Chao et al. (2014)'s f̂0 (f1²/(2f2) · (n−1)/n, or f1(f1−1)/2 · (n−1)/n where f2 = 0) and
     A = n f̂0 / (n f̂0 + f1), the factor by which the undetected share shrinks per extra
-    individual (A = 1: nothing left to detect)."""
-    n, f1, f2 = int(x.sum()), int((x == 1).sum()), int((x == 2).sum())
+    individual (A = 1: nothing left to detect), from n and the numbers of singletons and
+    doubletons."""
     f0 = (n - 1) / n * (f1 ** 2 / (2 * f2) if f2 > 0 else f1 * (f1 - 1) / 2)
-    if f1 == 0 or f0 == 0:
+    if f1 <= 0 or f0 <= 0:
         return 0.0, 1.0
     return f0, n * f0 / (n * f0 + f1)
 
@@ -294,11 +299,9 @@ def richness_variance(counts: Sequence[float] | np.ndarray, m: int) -> float:
         return max(float(np.sum((1 - alpha) ** 2 * f) - diversity_at(x, m)[0] ** 2 / total), 0.0)
     f1, f2, seen = f[0], f[1], float(f.sum())
 
-    def extrapolated(f1: float, f2: float, seen: float) -> float:
-        f0 = (n - 1) / n * (f1 ** 2 / (2 * f2) if f2 > 0 else f1 * (f1 - 1) / 2)
-        if f1 <= 0 or f0 <= 0:
-            return seen
-        return seen + f0 * (1 - (n * f0 / (n * f0 + f1)) ** (m - n))
+    def extrapolated(f1: float, f2: float, seen: float) -> float:  # diversity_at's D0, m > n
+        f0, decay = _f0_and_decay_of(n, f1, f2)
+        return seen + f0 * (1 - decay ** (m - n))
 
     h = 1e-4
     gradient = np.array([

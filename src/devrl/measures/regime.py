@@ -522,6 +522,12 @@ def nbeta_slope(rows: pd.DataFrame, localization: float) -> float:
     return float(np.polyfit(np.log(cells["nbeta"]), np.log(cells["llc"]), 1)[0])
 
 
+def is_singular(manifest: dict[str, Any], model: str) -> bool:
+    """Whether a deep linear network of a regime data set (`manifest`'s dln_cases) is singular:
+    more than one layer of weights."""
+    return len(manifest["dln_cases"][model]["widths"]) > 2
+
+
 def ladder_summary(ladder: pd.DataFrame, outcomes: pd.DataFrame, manifest: dict[str, Any]
                    ) -> pd.DataFrame:
     """One row per deep linear network of the ladder: its true λ, whether it is singular (depth
@@ -534,7 +540,7 @@ def ladder_summary(ladder: pd.DataFrame, outcomes: pd.DataFrame, manifest: dict[
     rows = []
     for model, rungs in ladder.groupby("model", sort=False):
         row = {"model": model, "true_llc": float(truth[model]),
-               "singular": len(manifest["dln_cases"][model]["widths"]) > 2,
+               "singular": is_singular(manifest, model),
                "step_size": float(rungs.loc[rungs["divisor"] == 1, "step_size"].iloc[0]),
                **ladder_check(rungs)}
         for divisor, rung in rungs.groupby("divisor"):
@@ -694,12 +700,10 @@ def study_tables(scale: str, craftax: Path, cache: Path | None = None,
         estimate, d, truth = dln_estimator(case)
         rows, verdict, outcome = run_study(estimate, grid, DLN_NBETA0, d, 0, cache, case,
                                            progress)
-        chosen = rows[(rows["kind"] == "grid")
-                      & (rows["nbeta_factor"] == outcome["nbeta_factor"])
-                      & (rows["localization"] == outcome["localization"])].iloc[0]
-        cell = {**chosen[["nbeta_factor", "localization", "step_size", "num_steps",
-                          "num_burnin", "nbeta", "num_chains", "batch_size"]].to_dict(),
-                "kind": "key"}
+        chosen = chosen_cell(rows, {**outcome, "model": case})
+        cell = {**{k: chosen[k] for k in ("nbeta_factor", "localization", "step_size",
+                                          "num_steps", "num_burnin", "nbeta", "num_chains",
+                                          "batch_size")}, "kind": "key"}
         keyed = [run_cell(estimate, cell, d, key, cache, case) for key in (1, 2)]
         rows = pd.concat([rows, pd.DataFrame(keyed)], ignore_index=True)
         key_llcs = [outcome["llc"], *(r["llc"] for r in keyed)]
@@ -780,7 +784,7 @@ def summary_numbers(estimates: pd.DataFrame, verdicts: pd.DataFrame, outcomes: p
     contexts = rows[rows["kind"] == "context"]
     ratio = (base["llc"].reindex(contexts["model"]).to_numpy() / contexts["llc"].to_numpy())
     spread = contexts.groupby("model")["llc"].agg(lambda v: (v.max() - v.min()) / v.mean())
-    singular = dln[dln["model"].map(lambda m: manifest["dln_cases"][m]["widths"]).map(len) > 2]
+    singular = dln[dln["model"].map(lambda m: is_singular(manifest, m))]
     chosen = dln[dln["cell_passed"]]
     drows = estimates[(estimates["family"] == "dln") & (estimates["kind"] == "longer")]
     numbers = {

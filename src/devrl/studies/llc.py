@@ -11,6 +11,7 @@ dynamics (`dynamics`). Here are the loaders: `llc_data` (data/llc-<scale>), `val
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,29 +201,49 @@ def output_llc_data(scale: str = "cpu", seeds: list[int] | None = None,
     return OutputLLCData(scale=scale, seeds=chosen, path=folder, manifest=manifest, **picked)
 
 
-def rejudge_regime(scale: str = "cpu") -> RegimeData:
-    """Rewrite the regime data set's verdicts and outcomes with the current rule
-    (`devrl.measures.regime.rejudge`) from its stored estimates, without sampling again; the
-    manifest keeps the study's records and names the commit whose code made the estimates."""
+# Manifest records that describe one writing of a data set, not the study: a revision of the
+# regime data set writes its own.
+WRITE_RECORDS = ("files", "git_commit", "source", "written", "versions", "tables", "scale",
+                 "unchecked", "pending", "made_by", "estimates_from")
+
+
+Tables = dict[str, pd.DataFrame]
+
+
+def _revise_regime(scale: str, revise: Callable[[Tables], Tables], made_by: str,
+                   records: dict[str, Any]) -> RegimeData:
+    """Rewrite the regime data set from its stored tables without sampling them again: `revise`
+    (tables -> the tables it replaces or adds) runs on every stored table; the manifest keeps the
+    study's records (with `records` updated), names `made_by`, and in `estimates_from` the writing
+    that made the estimates."""
     check_scale_and_recompute(scale, True)
     folder = data_root() / f"llc-regime-{scale}"
     old = open_data_set(folder, scale)
 
     def build():
-        estimates = pd.read_parquet(folder / "estimates.parquet")
-        outcomes = pd.read_parquet(folder / "outcomes.parquet")
-        grids = {"policy": regime.POLICY_GRIDS[scale], "dln": regime.DLN_GRIDS[scale]}
-        verdicts, outcomes = regime.rejudge(estimates, outcomes, grids)
-        kept = {k: old[k] for k in ("policy_grid", "dln_grid", "dln_cases", "dln_nbeta0",
-                                    "dln_num_data", "craftax_manifest_sha256") if k in old}
-        return ({"estimates": estimates, "verdicts": verdicts, "outcomes": outcomes}, {
-            **kept, "what": old["what"], "rule": regime.rule_settings(),
-            "made_by": f"devrl.studies.llc.rejudge_regime({scale!r})",
-            "estimates_from": {"git_commit": old.get("git_commit"),
-                               "written": old.get("written"), "made_by": old.get("made_by")}})
+        tables = {name: pd.read_parquet(folder / f"{name}.parquet") for name in old["tables"]}
+        tables.update(revise(tables))
+        kept = {k: v for k, v in old.items() if k not in WRITE_RECORDS}
+        return tables, {**kept, **records, "made_by": made_by,
+                        "estimates_from": old.get("estimates_from") or {
+                            "git_commit": old.get("git_commit"), "written": old.get("written"),
+                            "made_by": old.get("made_by")}}
 
     tables, manifest = table_set("llc-regime", scale, True, build)
     return RegimeData(scale=scale, path=folder, manifest=manifest, **tables)
+
+
+def rejudge_regime(scale: str = "cpu") -> RegimeData:
+    """Rewrite the regime data set's verdicts and outcomes with the current rule
+    (`devrl.measures.regime.rejudge`) from its stored estimates, without sampling again; the
+    manifest keeps the study's records and names the commit whose code made the estimates."""
+    def revise(tables):
+        grids = {"policy": regime.POLICY_GRIDS[scale], "dln": regime.DLN_GRIDS[scale]}
+        verdicts, outcomes = regime.rejudge(tables["estimates"], tables["outcomes"], grids)
+        return {"verdicts": verdicts, "outcomes": outcomes}
+
+    return _revise_regime(scale, revise, f"devrl.studies.llc.rejudge_regime({scale!r})",
+                          {"rule": regime.rule_settings()})
 
 
 def ladder_regime(scale: str = "cpu") -> RegimeData:
@@ -231,28 +252,13 @@ def ladder_regime(scale: str = "cpu") -> RegimeData:
     study again; the manifest keeps the study's records and names the commit whose code made
     the estimates. Ladder estimates are cached under DEVRL_RUNS/llc-regime-<scale>/, so an
     interrupted run resumes."""
-    check_scale_and_recompute(scale, True)
-    folder = data_root() / f"llc-regime-{scale}"
-    old = open_data_set(folder, scale)
-
-    def build():
-        tables = {name: pd.read_parquet(folder / f"{name}.parquet")
-                  for name in ("estimates", "verdicts", "outcomes")}
-        tables["ladder"] = regime.ladder_table(
+    def revise(tables):
+        return {"ladder": regime.ladder_table(
             tables["estimates"], tables["outcomes"], scale, runs_root() / f"llc-regime-{scale}",
-            progress=lambda message: print(message, flush=True))
-        kept = {k: v for k, v in old.items() if k not in (
-            "files", "git_commit", "source", "written", "versions", "tables", "scale", "unchecked",
-            "made_by", "ladder", "estimates_from")}
-        return tables, {**kept, "ladder": regime.ladder_settings(scale),
-                        "made_by": f"devrl.studies.llc.ladder_regime({scale!r})",
-                        "estimates_from": old.get("estimates_from") or {
-                            "git_commit": old.get("git_commit"), "written": old.get("written"),
-                            "made_by": old.get("made_by")}}
+            progress=lambda message: print(message, flush=True))}
 
-    tables, manifest = table_set("llc-regime", scale, True, build)
-    return RegimeData(scale=scale, path=folder, manifest=manifest, **tables)
-
+    return _revise_regime(scale, revise, f"devrl.studies.llc.ladder_regime({scale!r})",
+                          {"ladder": regime.ladder_settings(scale)})
 
 
 def overshoot_window(whole: pd.DataFrame, behaviour: pd.DataFrame) -> pd.DataFrame:
